@@ -1,0 +1,235 @@
+"""An offline, deterministic coach that scores actions from verifiable signals.
+
+It is the coach of the embedded CPU default and of most tests, so it must give a tiny model on
+synthetic arithmetic a graded learning signal, not just 0/1. Every point it gives is explained
+in the rationale ("+2.00/2 code ran: 2 of 2 blocks without error").
+
+MathChat rubric (0-10). The visible answer is the text after the last `</think>`; its final
+answer is signals['answer'] or else the last `\\boxed{...}` of that text.
+  - Problem Solver (and any unknown role):
+      answer present 4 | answer well-formed 2 (a plain number: 2, other short text: 1) |
+      consistent 2 (every boxed answer in the output agrees) | finished 2 (not truncated).
+  - Code Executor:
+      code written 2 (>= 1 python block) | code ran 3 (x share of blocks without error or
+      timeout) | answer present 2 | answer well-formed 1 | finished 2.
+  - Verifier: the Problem Solver rubric.
+  When the role may see the label (default: Verifier), correctness dominates:
+      score = 0.4 * rubric + 6 * correct, correct = is_equivalent(answer, label), and
+      answer_correct is reported.
+
+DSBench rubric (0-10):
+  - Data Engineer / Modeler (and unknown roles):
+      code written 2 | code ran 3 (x share of blocks without error or timeout) |
+      artifacts 3 (x share of signals['required_files'] not in signals['missing_files']; with
+      no required files, x the code-ran share) | finished 2.
+  - Analyst: code written 2 | code ran 2 | artifacts 2 | submission valid 2 | finished 2.
+  - No python code at all caps the score at 2 (text without code is a critical failure).
+  - When the Analyst may see the outcome and signals carry metric_value, the reference's caps
+    apply: a higher-is-better metric in [0, 1] (AUC, accuracy, F1): >= .85 -> 9, >= .75 -> 8,
+    >= .65 -> 6, >= .55 -> 4, else 3; otherwise, with baseline_value, the ratio to the baseline
+    (error / baseline error, or baseline / score when higher is better): < .5 -> 9, < .75 -> 8,
+    < .9 -> 6, < 1 -> 4, else 3.
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+import re
+
+from mappa_jax.coach import requests as rq
+from mappa_jax.coach import rubrics
+from mappa_jax.coach.types import CoachRequest, CoachResult
+
+log = logging.getLogger(__name__)
+
+RULE_RUBRIC_HASH = rubrics.template_hash(__doc__)
+
+
+def _grading():
+  from mappa_jax.data import grading  # lazy: keeps the coach importable on its own
+  return grading
+
+
+@dataclasses.dataclass
+class _Sheet:
+  """Accumulates points with their explanations."""
+  lines: list[str] = dataclasses.field(default_factory=list)
+  total: float = 0.0
+
+  def add(self, got: float, out_of: float, what: str) -> None:
+    self.total += got
+    self.lines.append(f"{got:+.2f}/{out_of:g} {what}")
+
+
+def visible_text(output: str) -> str:
+  """The part of an action after its reasoning (after the last `</think>`)."""
+  close = output.rfind("</think>")
+  return output[close + len("</think>"):] if close >= 0 else output
+
+
+def boxed_answers(text: str) -> list[str]:
+  """Every `\\boxed{}` content in order."""
+  grading = _grading()
+  starts = [m.start() for m in re.finditer(r"\\boxed|\\fbox", text)]
+  found = []
+  for i, s in enumerate(starts):
+    end = starts[i + 1] if i + 1 < len(starts) else len(text)
+    ans = grading.extract_boxed_answer(text[s:end])
+    if ans is not None:
+      found.append(ans)
+  return found
+
+
+def _ran_share(signals: dict) -> tuple[float, str]:
+  blocks = int(signals.get("code_blocks", 0))
+  if blocks <= 0:
+    return 0.0, "no code ran"
+  bad = int(signals.get("tool_errors", 0)) + int(signals.get("tool_timeouts", 0))
+  ok = max(0, blocks - bad)
+  return ok / blocks, f"{ok} of {blocks} blocks without error or timeout"
+
+
+def _quality_cap(signals: dict) -> tuple[float | None, str]:
+  value = signals.get("metric_value")
+  if value is None:
+    return None, ""
+  value = float(value)
+  name = signals.get("metric_name", "metric")
+  higher = bool(signals.get("higher_is_better", True))
+  if higher and 0.0 <= value <= 1.0:
+    for bound, cap in ((0.85, 9.0), (0.75, 8.0), (0.65, 6.0), (0.55, 4.0)):
+      if value >= bound:
+        return cap, f"{name}={value:.4g} >= {bound}"
+    return 3.0, f"{name}={value:.4g} < 0.55"
+  baseline = signals.get("baseline_value")
+  if baseline is None:
+    return None, ""
+  baseline = float(baseline)
+  if higher:
+    ratio = baseline / value if value > 0 else float("inf")
+  else:
+    ratio = value / baseline if baseline > 0 else float("inf")
+  for bound, cap in ((0.5, 9.0), (0.75, 8.0), (0.9, 6.0), (1.0, 4.0)):
+    if ratio < bound:
+      return cap, f"{name}={value:.4g} vs baseline {baseline:.4g} (ratio {ratio:.3g} < {bound})"
+  return 3.0, f"{name}={value:.4g} no better than baseline {baseline:.4g}"
+
+
+class RuleCoach:
+  """Deterministic rubric coach (see the module docstring for the rubric)."""
+
+  name = "rule"
+
+  def __init__(self, ground_truth_roles: tuple[str, ...] | None = rq.DEFAULT_GROUND_TRUTH_ROLES,
+               correct_weight: float = 6.0):
+    self.ground_truth_roles = ground_truth_roles
+    self.correct_weight = correct_weight
+
+  def describe(self) -> dict:
+    return {"kind": "rule", "name": self.name, "rubric_hash": RULE_RUBRIC_HASH,
+            "correct_weight": self.correct_weight}
+
+  async def score(self, request: CoachRequest) -> CoachResult:
+    return self.score_sync(request)
+
+  def score_sync(self, request: CoachRequest) -> CoachResult:
+    if request.workflow == "mathchat":
+      score, answer_correct, sheet = self._mathchat(request)
+    elif request.workflow == "dsbench":
+      score, answer_correct, sheet = self._dsbench(request)
+    else:
+      return CoachResult(status="invalid", reason=f"rule coach: unknown workflow "
+                         f"{request.workflow!r} (known: mathchat, dsbench)",
+                         template_hash=RULE_RUBRIC_HASH, coach_name=self.name)
+    score = round(min(10.0, max(0.0, score)), 4)
+    rationale = "\n".join(sheet.lines + [f"= {score:g}/10"])
+    return CoachResult(status="scored", score=score, answer_correct=answer_correct,
+                       rationale=rationale, template_hash=RULE_RUBRIC_HASH,
+                       coach_name=self.name)
+
+  # -- MathChat --------------------------------------------------------------------------------
+  def _mathchat(self, request: CoachRequest) -> tuple[float, bool | None, _Sheet]:
+    grading = _grading()
+    role = rq.normalize_role(request.role)
+    sig = request.signals
+    text = visible_text(request.agent_output)
+    boxes = boxed_answers(text)
+    answer = sig.get("answer") or (boxes[-1] if boxes else None)
+    answer = answer.strip() if isinstance(answer, str) and answer.strip() else None
+    truncated = bool(sig.get("truncated", False))
+    sheet = _Sheet()
+    is_executor = role == "code_executor"
+    w_present, w_form = (2.0, 1.0) if is_executor else (4.0, 2.0)
+    if is_executor:
+      blocks = int(sig.get("code_blocks", 0))
+      sheet.add(2.0 if blocks > 0 else 0.0, 2, f"code written: {blocks} python block(s)")
+      share, why = _ran_share(sig)
+      sheet.add(3.0 * share, 3, f"code ran: {why}")
+    sheet.add(w_present if answer else 0.0, w_present,
+              f"final answer present: {answer!r}" if answer else "no final answer")
+    if answer is None:
+      sheet.add(0.0, w_form, "answer well-formed: nothing to check")
+    elif grading.parse_number(answer) is not None:
+      sheet.add(w_form, w_form, "answer is a plain number")
+    elif len(answer) <= 40:
+      sheet.add(w_form / 2, w_form, "answer is short but not a plain number")
+    else:
+      sheet.add(0.0, w_form, "answer is not a short expression")
+    if not is_executor:
+      distinct = {grading.normalize_answer(b) for b in boxes}
+      consistent = answer is not None and len(distinct) <= 1
+      sheet.add(2.0 if consistent else 0.0, 2,
+                "consistent: one final answer" if consistent
+                else f"inconsistent or missing: {len(distinct)} distinct boxed answers")
+    sheet.add(0.0 if truncated else 2.0, 2,
+              "cut off at the length limit" if truncated else "finished within the length limit")
+    if not rq.ground_truth_visible(request, self.ground_truth_roles):
+      return sheet.total, None, sheet
+    correct = bool(grading.is_equivalent(answer, request.ground_truth))
+    base = sheet.total
+    scaled = _Sheet(lines=[f"process part x0.4: {base:.2f} -> {0.4 * base:.2f}"] + sheet.lines)
+    scaled.total = 0.4 * base
+    scaled.add(self.correct_weight if correct else 0.0, self.correct_weight,
+               f"answer {'matches' if correct else 'does not match'} the label")
+    return scaled.total, correct, scaled
+
+  # -- DSBench ---------------------------------------------------------------------------------
+  def _dsbench(self, request: CoachRequest) -> tuple[float, bool | None, _Sheet]:
+    role = rq.normalize_role(request.role)
+    sig = request.signals
+    is_analyst = role == "analyst"
+    sheet = _Sheet()
+    blocks = int(sig.get("code_blocks", 0))
+    sheet.add(2.0 if blocks > 0 else 0.0, 2, f"code written: {blocks} python block(s)")
+    share, why = _ran_share(sig)
+    w_ran, w_files = (2.0, 2.0) if is_analyst else (3.0, 3.0)
+    sheet.add(w_ran * share, w_ran, f"code ran: {why}")
+    required = list(sig.get("required_files", []))
+    missing = set(sig.get("missing_files", []))
+    if required:
+      saved = [f for f in required if f not in missing]
+      sheet.add(w_files * len(saved) / len(required), w_files,
+                f"artifacts: {len(saved)} of {len(required)} saved"
+                + (f" (missing {sorted(missing & set(required))})" if len(saved) < len(required)
+                   else ""))
+    else:
+      sheet.add(w_files * share, w_files, "artifacts: none required, credited as code ran")
+    if is_analyst:
+      valid = bool(sig.get("submission_valid", False))
+      sheet.add(2.0 if valid else 0.0, 2,
+                "submission valid" if valid else "no valid submission")
+    truncated = bool(sig.get("truncated", False))
+    sheet.add(0.0 if truncated else 2.0, 2,
+              "cut off at the length limit" if truncated else "finished within the length limit")
+    score = sheet.total
+    if blocks <= 0 and score > 2.0:
+      sheet.lines.append("cap 2: no executable python code")
+      score = 2.0
+    if is_analyst and rq.ground_truth_visible(request, self.ground_truth_roles):
+      cap, why = _quality_cap(sig)
+      if cap is not None and score > cap:
+        sheet.lines.append(f"cap {cap:g}: {why}")
+        score = cap
+      elif cap is not None:
+        sheet.lines.append(f"quality cap {cap:g} not binding: {why}")
+    return score, None, sheet

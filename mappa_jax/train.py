@@ -1,0 +1,315 @@
+"""The Trainer: rollout -> coach -> experience -> update -> publish -> log, once per step.
+
+  trainer = Trainer(config, workdir)   # builds data, models, engine, coach, sandbox, workflow
+  trainer.train()                      # resumes from the latest checkpoint in workdir
+
+One global step (mappa-reference.md §2.2, with its bugs fixed):
+  1. the next `rollout.rollout_batch_size` tasks, each run `n_samples_per_prompt` times through
+     the workflow (concurrently; coach calls start as soon as each action finishes);
+  2. for every agent: its actions -> one fixed-shape TrainBatch -> one jitted update (old and
+     reference logprobs, KL, token rewards, return-to-go, whitening, PPO-clip, AdamW);
+  3. the new weights are published to the rollout engine (version = global step);
+  4. scalars to TensorBoard, a checkpoint every `checkpoint.every_steps`, evaluation every
+     `eval.every_steps` (and before training, logged as step 0).
+Every agent has its own weights and optimizer; one frozen reference model is shared (all agents
+start from the same checkpoint).
+"""
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import json
+import logging
+import os
+import time
+from typing import Any
+
+from flax import nnx
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from mappa_jax import factory
+from mappa_jax import sharding
+from mappa_jax.checkpoint import CheckpointManager
+from mappa_jax.coach import build_coach, build_stats
+from mappa_jax.coach.types import CoachResult
+from mappa_jax.data import batching
+from mappa_jax.eval import runner as eval_runner
+from mappa_jax.metrics import MetricWriter
+from mappa_jax.models import hf_io
+from mappa_jax.models.tokenizer import Tokenizer
+from mappa_jax.progress import phase
+from mappa_jax.rl.experience import build_train_batch
+from mappa_jax.rl.update import init_train_state, make_update_step
+from mappa_jax.tools.sandbox import Sandbox
+from mappa_jax.workflows.records import Trajectory
+
+log = logging.getLogger(__name__)
+
+
+def _copy_tree(tree):
+  # Each agent owns its buffers: update steps donate them, so no two agents (nor the frozen
+  # reference) may share an array.
+  return jax.tree.map(jnp.copy, tree)
+
+
+class _RecordingCoach:
+  """Feeds every verdict to the per-role statistics (score, parse failures, latency, cost)."""
+
+  def __init__(self, inner, stats):
+    self.inner = inner
+    self.stats = stats
+
+  async def score(self, request):
+    result = await self.inner.score(request)
+    self.stats.record(request, result)
+    return result
+
+
+class Trainer:
+  """Owns every long-lived part of a run (engine, coach, sandbox, writer, checkpoints)."""
+
+  def __init__(self, config: ml_collections.ConfigDict, workdir: str):
+    self.config = config
+    self.workdir = os.path.abspath(workdir)
+    self.agents = tuple(config.agents)
+    self.loop = asyncio.new_event_loop()
+    self.train_tasks, self.eval_sets = factory.build_tasks(config, self.workdir)
+    if len(self.train_tasks) < config.rollout.rollout_batch_size:
+      raise ValueError(f"data: {len(self.train_tasks)} training tasks, fewer than "
+                       f"rollout.rollout_batch_size={config.rollout.rollout_batch_size}")
+    self.mesh = sharding.make_mesh(sharding.MeshConfig.from_config(config.mesh))
+    self.model_dir = factory.model_dir(config, self.workdir)
+    self.tokenizer = Tokenizer.from_dir(self.model_dir)
+    base = hf_io.load_hf(self.model_dir, mesh=self.mesh, param_dtype=config.model.param_dtype)
+    self.graphdef, self.ref_params = nnx.split(base, nnx.Param)
+    self.update_configs = {a: factory.update_config(config, a) for a in self.agents}
+    self.states, models, step_fns = {}, {}, {}
+    for agent in self.agents:
+      model = nnx.merge(self.graphdef, _copy_tree(self.ref_params))
+      models[agent] = model
+      _, self.states[agent] = init_train_state(model, self.update_configs[agent], self.mesh)
+      cfg = self.update_configs[agent]
+      if cfg not in step_fns:  # agents with equal settings share one compiled step
+        step_fns[cfg] = make_update_step(self.graphdef, cfg, mesh=self.mesh)
+    self.step_fns = {a: step_fns[self.update_configs[a]] for a in self.agents}
+    self.experience_config = factory.experience_config(config)
+    self.engine = self._build_engine(models)
+    self.coach_stats = build_stats(config.coach)
+    self.coach = _RecordingCoach(build_coach(config.coach, self.workdir), self.coach_stats)
+    self.sandbox = Sandbox.from_config(config.sandbox)
+    workspaces = os.path.join(self.workdir, "workspaces")
+    self.workflow = factory.build_workflow(
+        config, engine=self.engine, tokenizer=self.tokenizer, coach=self.coach,
+        sandbox=self.sandbox, workspace_root=workspaces)
+    self.eval_workflow = factory.build_workflow(
+        config, engine=self.engine, tokenizer=self.tokenizer, coach=self.coach,
+        sandbox=self.sandbox, workspace_root=workspaces, evaluation=True)
+    self.writer = MetricWriter.from_config(config, self.workdir)
+    self.checkpoints = CheckpointManager.from_config(config.checkpoint, self.workdir)
+    self.rng = jax.random.key(int(config.seed))
+    self.step = 0
+    self.data_state = {"epoch": 0, "batch": 0}
+
+  # ------------------------------------------------------------------------------ setup
+
+  def _build_engine(self, models):
+    rollout = self.config.rollout
+    if rollout.engine == "sglang":
+      from mappa_jax.rollout.publish import WeightPublisher
+      from mappa_jax.rollout.sglang_engine import SGLangEngine
+      publisher = WeightPublisher(os.path.join(self.workdir, "published"),
+                                  templates=next(iter(models.values())),
+                                  tokenizer_dirs=self.model_dir)
+      return SGLangEngine({a: tuple(rollout.sglang_urls[a]) for a in self.agents},
+                          publisher=publisher)
+    from mappa_jax.rollout.engine import InProcessEngine, InProcessEngineConfig
+    return InProcessEngine(models, eos_token_ids=self.tokenizer.eos_token_ids,
+                           config=InProcessEngineConfig(seed=int(self.config.seed)))
+
+  def _restore(self) -> None:
+    target = {a: dataclasses.asdict(s) if dataclasses.is_dataclass(s) else s
+              for a, s in self.states.items()}
+    restored = self.checkpoints.restore(agents_target=target)
+    if restored is None:
+      return
+    for agent in self.agents:
+      self.states[agent] = type(self.states[agent])(**restored.agents[agent])
+      self.loop.run_until_complete(
+          self.engine.publish(agent, self.states[agent].params, restored.step))
+    self.step = restored.step
+    self.data_state = dict(restored.data_state or self.data_state)
+    if restored.rng is not None:
+      self.rng = restored.rng
+    log.info("resumed from step %d (%s)", self.step, self.checkpoints.directory)
+
+  # ------------------------------------------------------------------------------- data
+
+  def _next_tasks(self):
+    """The next batch of tasks; a shuffled pass per epoch (seed + epoch), drop_last."""
+    size = int(self.config.rollout.rollout_batch_size)
+    seed = int(self.config.data.subsample_seed)
+    while True:
+      epoch, index = self.data_state["epoch"], self.data_state["batch"]
+      batches = batching.epoch_batches(len(self.train_tasks), size, epoch, seed=seed)
+      if index < len(batches):
+        self.data_state = {"epoch": epoch, "batch": index + 1}
+        return [self.train_tasks[i] for i in batches[index]]
+      self.data_state = {"epoch": epoch + 1, "batch": 0}
+
+  # ---------------------------------------------------------------------------- rollout
+
+  async def _run_all(self, workflow, tasks, n_samples: int) -> list[Trajectory]:
+    trajs = await eval_runner.run_trajectories(
+        tasks, workflow.run, n_samples=n_samples,
+        max_concurrency=int(self.config.rollout.max_concurrent_workflows))
+    # Completion order is nondeterministic; training order must not be.
+    return sorted(trajs, key=lambda t: (t.task_id, t.sample_index))
+
+  def _apply_invalid_policy(self, trajs: list[Trajectory]) -> None:
+    """coach.invalid_policy='neutral' scores unscorable actions; 'mask' leaves them out."""
+    if self.config.coach.invalid_policy != "neutral":
+      return
+    neutral = float(self.config.coach.neutral_score)
+    for traj in trajs:
+      for action in traj.actions:
+        if action.coach is None or not action.coach.is_scored:
+          reason = action.coach.reason if action.coach else "no coach result"
+          action.coach = CoachResult(status="scored", score=neutral,
+                                     rationale=f"neutral score (invalid: {reason})")
+
+  def _rollout_metrics(self, trajs: list[Trajectory]) -> dict[str, float]:
+    out: dict[str, float] = {"rollout/trajectories": len(trajs),
+                             "rollout/errors": sum(bool(t.error) for t in trajs)}
+    for key in ("rule_correct", "coach_correct", "submission_valid"):
+      values = [float(t.outcome[key]) for t in trajs if key in t.outcome]
+      if values:
+        out[f"rollout/{key}"] = float(np.mean(values))
+    for agent in self.agents:
+      actions = [a for t in trajs for a in t.actions_of(agent)]
+      if actions:
+        out[f"rollout/{agent}/actions"] = len(actions)
+        out[f"rollout/{agent}/response_tokens"] = float(np.mean(
+            [len(a.response_ids) for a in actions]))
+        out[f"rollout/{agent}/truncated"] = float(np.mean([a.truncated for a in actions]))
+    return out
+
+  # ----------------------------------------------------------------------------- update
+
+  def _update(self, trajs: list[Trajectory]) -> dict[str, float]:
+    metrics: dict[str, float] = {}
+    for agent in self.agents:
+      batch, stats = build_train_batch(trajs, agent, self.experience_config)
+      for key in ("actions", "invalid", "truncated", "left_truncated"):
+        metrics[f"experience/{agent}/{key}"] = float(stats[key])
+      if stats["actions"] == 0:
+        log.warning("step %d: agent %s has no actions; its update is skipped", self.step, agent)
+        continue
+      self.rng, key = jax.random.split(self.rng)
+      self.states[agent], m = self.step_fns[agent](self.states[agent], self.ref_params, batch,
+                                                   key)
+      metrics.update({f"train/{agent}/{k}": float(v) for k, v in jax.device_get(m).items()})
+      self.loop.run_until_complete(
+          self.engine.publish(agent, self.states[agent].params, self.step))
+    return metrics
+
+  # ------------------------------------------------------------------------------- eval
+
+  def evaluate(self, step: int) -> dict[str, float]:
+    scalars: dict[str, float] = {}
+    kind = "math" if self.config.workflow == "mathchat" else "dsbench"
+    out_dir = os.path.join(self.workdir, "eval_results")
+    for name, tasks in self.eval_sets.items():
+      with phase(f"eval {name}", total=None):
+        report, _ = self.loop.run_until_complete(eval_runner.run_eval(
+            name, tasks, self.eval_workflow.run, kind=kind,
+            n_samples=int(self.config.eval.n_samples_per_prompt),
+            max_concurrency=int(self.config.rollout.max_concurrent_workflows),
+            seed=int(self.config.seed),
+            results_path=os.path.join(out_dir, f"step{step:06d}_{name}.json")))
+      scalars.update(report.scalars())
+    self.writer.scalars(step, scalars)
+    return scalars
+
+  # ------------------------------------------------------------------------------ train
+
+  def _log_samples(self, trajs: list[Trajectory]) -> None:
+    for traj in trajs[:int(self.config.logging.text_samples_per_step)]:
+      lines = [f"task {traj.task_id} sample {traj.sample_index} outcome {traj.outcome}"]
+      for a in traj.actions:
+        score = a.coach.score if a.coach and a.coach.is_scored else "invalid"
+        lines.append(f"[{a.agent} turn {a.turn} score {score}]\n{a.text}\n"
+                     f"{('tool: ' + a.tool_observation) if a.tool_observation else ''}")
+      self.writer.text(self.step, f"samples/{traj.task_id}-{traj.sample_index}",
+                       "\n\n".join(lines))
+
+  def train_step(self) -> dict[str, float]:
+    """One global step; returns its scalars (already written to TensorBoard)."""
+    self.step += 1
+    tasks = self._next_tasks()
+    t0 = time.perf_counter()
+    trajs = self.loop.run_until_complete(self._run_all(
+        self.workflow, tasks, int(self.config.rollout.n_samples_per_prompt)))
+    t1 = time.perf_counter()
+    self._apply_invalid_policy(trajs)
+    metrics = self._rollout_metrics(trajs)
+    metrics.update(self._update(trajs))
+    t2 = time.perf_counter()
+    metrics.update({"time/rollout_s": t1 - t0, "time/update_s": t2 - t1,
+                    "data/epoch": float(self.data_state["epoch"])})
+    metrics.update(self.coach_stats.to_scalars())
+    self.coach_stats.reset()  # statistics are per step (evaluation calls count in the next)
+    self.writer.scalars(self.step, metrics)
+    self._log_samples(trajs)
+    return metrics
+
+  def train(self) -> dict[str, float]:
+    """Runs (or resumes) to `train.num_steps`; returns the last step's scalars."""
+    self._restore()
+    cfg = self.config
+    self.writer.hparams({k: v for k, v in _flat(cfg).items()})
+    if cfg.eval.at_start and self.step == 0 and cfg.eval.every_steps:
+      self.evaluate(0)
+    metrics: dict[str, float] = {}
+    num_steps = int(cfg.train.num_steps)
+    with phase("train", total=num_steps - self.step, unit="step") as bar:
+      while self.step < num_steps:
+        metrics = self.train_step()
+        if cfg.eval.every_steps and self.step % cfg.eval.every_steps == 0:
+          metrics.update(self.evaluate(self.step))
+        self.checkpoints.save(self.step, self._checkpoint_state(), rng=self.rng,
+                              data_state=self.data_state, metrics=metrics,
+                              force=self.step == num_steps)
+        bar.update(1)
+        log.info("step %d: %s", self.step, _summary(metrics))
+    self.close()
+    return metrics
+
+  def _checkpoint_state(self) -> dict[str, Any]:
+    return {a: dataclasses.asdict(s) if dataclasses.is_dataclass(s) else s
+            for a, s in self.states.items()}
+
+  def close(self) -> None:
+    self.checkpoints.close()
+    self.writer.close()
+    closer = getattr(self.engine, "aclose", None)
+    if closer is not None:
+      self.loop.run_until_complete(closer())
+    self.sandbox.close()
+
+
+def _flat(config: ml_collections.ConfigDict) -> dict[str, Any]:
+  from mappa_jax.config import flatten  # pylint: disable=g-import-not-at-top
+  return flatten(config)
+
+
+def _summary(metrics: dict[str, float]) -> str:
+  keys = sorted(k for k in metrics if k.endswith(("/loss", "/reward_mean", "rule_correct")))
+  return json.dumps({k: round(metrics[k], 4) for k in keys})
+
+
+def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
+  """Entry point used by launch/run.py."""
+  return Trainer(config, workdir).train()

@@ -1,0 +1,251 @@
+"""Agents declared as data, and the action loop every workflow runs them with.
+
+Action loop (reference `run_agent_with_per_action_coaching`, with its bugs fixed):
+  context = chat-template ids of the agent's single user message (generation prompt included)
+  for turn in 0..max_turns-1:
+    response = engine.generate(agent, context)             # token ids + logprobs, kept as is
+    run every ```python block of the action in the sandbox  # (tools agents only)
+    start the coach on this action (asyncio task, awaited only at the end of the workflow)
+    stop if the action had no code, or this was the last turn (its code still runs)
+    context = context + response (+ end-of-turn id if it was cut off)
+              + tokenizer.chat_suffix_ids(tool response turn + generation prompt)
+
+Token ids are never decoded and re-encoded: the next prompt is the previous prompt ids, the
+sampled ids and the template's suffix ids. Each Action records the full context it was
+generated from (reference BUG §4.1 fixed); `reference_context_bug=True` records the reference's
+wrong context instead (action k >= 2 conditioned on the k-1'th observation chunk only).
+
+Code inside <think> is executed by default, as in the reference (`execute_code_in_thinking`).
+"""
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import inspect
+import logging
+import time
+from typing import Any, Awaitable, Callable
+
+from mappa_jax.coach.types import Coach, CoachRequest, CoachResult
+from mappa_jax.rollout.types import RolloutEngine, SamplingParams
+from mappa_jax.tools import code_blocks
+from mappa_jax.tools.sandbox import ExecResult, Sandbox
+from mappa_jax.tools.workspace import Workspace
+from mappa_jax.workflows.records import Action, ToolCall, Trajectory
+
+log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass(frozen=True)
+class AgentSpec:
+  """One agent of a workflow, as configuration.
+
+  Attributes:
+    name: config key and engine agent name ('problem_solver').
+    role: role string shown to the coach ('Problem Solver', 'data_engineer').
+    role_description: one paragraph on what the role must do (for the coach).
+    prompt_template: str.format template of the agent's single user message.
+    tools: tool names; ('python',) lets the agent run ```python blocks.
+    max_turns: actions at most (an agent continues while it writes code).
+    sees: upstream agent names whose outputs its prompt receives.
+    sees_ground_truth: its coach request carries the label / outcome metrics.
+    tool_timeout_s: sandbox wall-clock limit per code block.
+  """
+  name: str
+  role: str
+  role_description: str
+  prompt_template: str
+  tools: tuple[str, ...] = ()
+  max_turns: int = 1
+  sees: tuple[str, ...] = ()
+  sees_ground_truth: bool = False
+  tool_timeout_s: float = 30.0
+
+  def __post_init__(self):
+    if self.max_turns < 1:
+      raise ValueError(f"agent {self.name!r}: max_turns must be >= 1, got {self.max_turns}")
+    unknown = set(self.tools) - {"python"}
+    if unknown:
+      raise ValueError(f"agent {self.name!r}: unknown tools {sorted(unknown)} (known: 'python')")
+
+
+@dataclasses.dataclass(frozen=True)
+class LoopOptions:
+  """Workflow-wide switches.
+
+  Attributes:
+    reference_context_bug: record the reference's wrong training context (comparisons only).
+    execute_code_in_thinking: run ```python blocks written inside <think> (reference: yes).
+    strip_thinking_handoff: hand downstream agents only the text after </think>.
+    enable_thinking: passed to the chat template (None: template default).
+    keep_workspace: keep the trajectory's workspace directory after the run.
+  """
+  reference_context_bug: bool = False
+  execute_code_in_thinking: bool = True
+  strip_thinking_handoff: bool = False
+  enable_thinking: bool | None = None
+  keep_workspace: bool = False
+
+
+def dataclass_from_config(cls, cfg):
+  """Builds a frozen config dataclass from a ConfigDict/dict section (unknown keys rejected)."""
+  names = {f.name for f in dataclasses.fields(cls)}
+  unknown = set(cfg.keys()) - names
+  if unknown:
+    raise ValueError(f"{cls.__name__}: unknown config field(s) {sorted(unknown)}; "
+                     f"known: {sorted(names)}")
+  return cls(**{k: cfg[k] for k in cfg.keys()})
+
+
+@dataclasses.dataclass
+class AgentRun:
+  """What one agent did: its actions and its last tool output (for hand-offs)."""
+  actions: list[Action]
+  last_observation: str = ""
+
+  @property
+  def last_text(self) -> str:
+    return self.actions[-1].text if self.actions else ""
+
+
+class Workflow:
+  """Shared machinery: the action loop, sandbox runs, coach tasks, hand-off text."""
+  name = "base"
+
+  def __init__(self, *, engine: RolloutEngine, tokenizer, coach: Coach, sandbox: Sandbox | None,
+               sampling: SamplingParams | dict[str, SamplingParams],
+               options: LoopOptions = LoopOptions(), workspace_root: str | None = None):
+    self.engine = engine
+    self.tokenizer = tokenizer
+    self.coach = coach
+    self.sandbox = sandbox
+    self.sampling = sampling
+    self.options = options
+    self.workspace_root = workspace_root
+    self._eos = set(tokenizer.eos_token_ids)
+
+  # -- hand-offs --------------------------------------------------------------------------------
+
+  def handoff_text(self, text: str, strip_thinking: bool | None = None) -> str:
+    """Text given to another agent: special-token text removed, reasoning optionally cut."""
+    strip = self.options.strip_thinking_handoff if strip_thinking is None else strip_thinking
+    if strip:
+      text = code_blocks.visible_part(text)
+    return self.tokenizer.strip_special_text(text).strip()
+
+  def _sampling(self, agent: str) -> SamplingParams:
+    if isinstance(self.sampling, dict):
+      return self.sampling[agent]
+    return self.sampling
+
+  # -- the action loop --------------------------------------------------------------------------
+
+  async def run_agent(self, traj: Trajectory, spec: AgentSpec, prompt_text: str, *,
+                      workspace: Workspace | None = None,
+                      request_fn: Callable[[AgentSpec, Action, str],
+                                           CoachRequest | Awaitable[CoachRequest]]) -> AgentRun:
+    """Runs one agent to completion; starts a coach task per action (see module docstring)."""
+    tok = self.tokenizer
+    user = [{"role": "user", "content": prompt_text}]
+    context = list(tok.apply_chat_template(user, add_generation_prompt=True,
+                                           enable_thinking=self.options.enable_thinking))
+    chunks = [list(context)]  # the reference's observation list, for reference_context_bug
+    run = AgentRun([])
+    for turn in range(spec.max_turns):
+      t0 = time.monotonic()
+      comp = await self.engine.generate(spec.name, list(context), self._sampling(spec.name))
+      t_gen = time.monotonic() - t0
+      response = list(comp.token_ids)
+      text = tok.decode(response)
+      recorded = context
+      if self.options.reference_context_bug and turn >= 1:
+        recorded = chunks[turn]  # observation[k-1] for action k = turn + 1 (1-based)
+      action = Action(agent=spec.name, turn=turn, prompt_ids=list(recorded),
+                      response_ids=response, rollout_logprobs=list(comp.logprobs),
+                      finish_reason=comp.finish_reason, weight_version=comp.weight_version,
+                      text=text, timings={"generate": t_gen})
+      parsed = (code_blocks.parse_action(
+          text, include_thinking=self.options.execute_code_in_thinking)
+                if "python" in spec.tools else code_blocks.ParsedAction())
+      if parsed.wants_tools:
+        t1 = time.monotonic()
+        action.tool_calls, outputs = await self._run_code(parsed, spec, traj, workspace)
+        action.tool_observation = code_blocks.join_outputs(outputs)
+        action.timings["tools"] = time.monotonic() - t1
+        run.last_observation = action.tool_observation
+      traj.actions.append(action)
+      run.actions.append(action)
+      agent_input = tok.decode(context)
+      request = request_fn(spec, action, agent_input)
+      if inspect.isawaitable(request):
+        request = await request
+      self._start_coach(traj, action, request)
+      if not parsed.wants_tools or turn == spec.max_turns - 1:
+        break
+      closed = response if response and response[-1] in self._eos else (
+          response + [tok.eos_token_ids[0]])
+      history = user + [{"role": "assistant", "content": self.handoff_text(text, True)}]
+      suffix = list(tok.chat_suffix_ids(
+          history, [{"role": "tool", "content": action.tool_observation}],
+          add_generation_prompt=True, enable_thinking=self.options.enable_thinking))
+      chunks += [response, suffix]
+      context = context + closed + suffix
+    return run
+
+  async def _run_code(self, parsed: code_blocks.ParsedAction, spec: AgentSpec, traj: Trajectory,
+                      workspace: Workspace | None) -> tuple[list[ToolCall], list[str]]:
+    if self.sandbox is None:
+      raise ValueError(f"agent {spec.name!r} has tools but the workflow has no sandbox")
+    ws = workspace or self._workspace(traj)
+    calls, outputs = [], []
+    limits = self.sandbox.limits.replace(timeout_s=spec.tool_timeout_s)
+    for code in parsed.codes:  # in order: a file saved by block 1 is visible to block 2
+      r: ExecResult = await self.sandbox.run(code, ws, limits=limits)
+      calls.append(ToolCall(code=code, stdout=r.stdout, stderr=r.stderr, exit_code=r.exit_code,
+                            timed_out=r.timed_out, files_changed=r.files_changed))
+      outputs.append(code_blocks.format_run(r.stdout, r.stderr, timed_out=r.timed_out,
+                                            limit=r.limit, exit_code=r.exit_code))
+    outputs += [f"<error>{e}</error>" for e in parsed.errors]
+    return calls, outputs
+
+  def _workspace(self, traj: Trajectory) -> Workspace:
+    ws = traj.metadata.get("_workspace")
+    if ws is None:
+      ws = Workspace.create(self.workspace_root, prefix=f"{_safe(traj.task_id)}_")
+      traj.metadata["_workspace"] = ws
+      traj.metadata["workspace"] = str(ws.path)
+    return ws
+
+  # -- coach ------------------------------------------------------------------------------------
+
+  def base_signals(self, action: Action) -> dict[str, Any]:
+    return {"code_blocks": len(action.tool_calls),
+            "tool_errors": sum(1 for c in action.tool_calls if c.exit_code != 0),
+            "tool_timeouts": sum(1 for c in action.tool_calls if c.timed_out),
+            "truncated": action.truncated}
+
+  def _start_coach(self, traj: Trajectory, action: Action, request: CoachRequest) -> None:
+    async def score() -> CoachResult:
+      try:
+        return await self.coach.score(request)
+      except Exception as e:  # pylint: disable=broad-except
+        log.exception("coach failed on %s turn %d", action.agent, action.turn)
+        return CoachResult(status="invalid", reason=f"coach error: {type(e).__name__}: {e}")
+    pending = traj.metadata.setdefault("_coach_tasks", [])
+    pending.append((action, asyncio.create_task(score())))
+
+  async def finish(self, traj: Trajectory) -> Trajectory:
+    """Awaits every coach task (off the critical path until now), cleans the workspace."""
+    pending = traj.metadata.pop("_coach_tasks", [])
+    results = await asyncio.gather(*[t for _, t in pending])
+    for (action, _), res in zip(pending, results):
+      action.coach = res
+      action.timings["coach"] = res.latency_s
+    ws = traj.metadata.pop("_workspace", None)
+    if ws is not None and not self.options.keep_workspace:
+      ws.cleanup()
+    return traj
+
+
+def _safe(name: str) -> str:
+  return "".join(c if c.isalnum() or c in "-_" else "_" for c in str(name))[:40]

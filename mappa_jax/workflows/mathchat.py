@@ -1,0 +1,131 @@
+"""MathChat: Problem Solver (1 turn) -> Code Executor (up to 2 turns, Python) -> Verifier (1 turn).
+
+Hand-offs follow the reference: the Code Executor gets the Problem Solver's output; the
+Verifier gets the Code Executor's last action plus its last tool output (and, when
+`verifier_sees_problem_solver`, the Problem Solver's output too). Special-token text is always
+removed from hand-offs; reasoning is cut at </think> only when `strip_thinking_handoff` (the
+reference forwards it). Only the Verifier's coach request carries the label.
+"""
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+from typing import Any
+
+from mappa_jax.coach.types import CoachRequest
+from mappa_jax.tools import code_blocks
+from mappa_jax.workflows import prompts
+from mappa_jax.workflows.base import AgentSpec, LoopOptions, Workflow
+from mappa_jax.workflows.records import Action, Trajectory
+
+log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass(frozen=True)
+class MathChatConfig:
+  """MathChat settings.
+
+  Attributes:
+    executor_max_turns: Code Executor turns (reference 2).
+    tool_timeout_s: sandbox limit per code block (reference 30 s).
+    token_budget: the budget the prompts announce (reference 4k).
+    verifier_sees_problem_solver: also give the Verifier the Problem Solver's output.
+    grade_with_rules: also grade the Verifier's boxed answer with data.grading (logged in
+      trajectory.outcome['rule_correct']).
+  """
+  executor_max_turns: int = 2
+  tool_timeout_s: float = 30.0
+  token_budget: str = "4k"
+  verifier_sees_problem_solver: bool = False
+  grade_with_rules: bool = True
+
+
+def mathchat_agents(cfg: MathChatConfig = MathChatConfig()) -> tuple[AgentSpec, ...]:
+  d = prompts.MATH_ROLE_DESCRIPTIONS
+  return (
+      AgentSpec("problem_solver", "Problem Solver", d["problem_solver"],
+                prompts.MATH_PROBLEM_SOLVER),
+      AgentSpec("code_executor", "Code Executor", d["code_executor"], prompts.MATH_CODE_EXECUTOR,
+                tools=("python",), max_turns=cfg.executor_max_turns, sees=("problem_solver",),
+                tool_timeout_s=cfg.tool_timeout_s),
+      AgentSpec("verifier", "Verifier", d["verifier"], prompts.MATH_VERIFIER,
+                sees=("code_executor",) + (("problem_solver",)
+                                           if cfg.verifier_sees_problem_solver else ()),
+                sees_ground_truth=True),
+  )
+
+
+class MathChatWorkflow(Workflow):
+  """Runs one math problem through the three agents; returns the Trajectory."""
+  name = "mathchat"
+
+  def __init__(self, *, config: MathChatConfig = MathChatConfig(),
+               options: LoopOptions = LoopOptions(), **kw):
+    super().__init__(options=options, **kw)
+    self.config = config
+    self.agents = {a.name: a for a in mathchat_agents(config)}
+
+  async def run(self, task, sample_index: int = 0) -> Trajectory:
+    """task: anything with task_id, prompt (problem incl. suffix), answer, task_type."""
+    traj = Trajectory(task_id=str(task.task_id), sample_index=sample_index,
+                      task_type=getattr(task, "task_type", ""),
+                      metadata={"label": task.answer})
+    fmt = {"problem": task.prompt, "budget": self.config.token_budget}
+    try:
+      ps = self.agents["problem_solver"]
+      ps_run = await self.run_agent(traj, ps, ps.prompt_template.format(**fmt),
+                                    request_fn=self._request_fn(task))
+      solver_output = self.handoff_text(ps_run.last_text)
+      ce = self.agents["code_executor"]
+      ce_run = await self.run_agent(
+          traj, ce, ce.prompt_template.format(**fmt, solver_output=solver_output),
+          request_fn=self._request_fn(task))
+      execution = self.handoff_text(ce_run.last_text)
+      if ce_run.last_observation:
+        execution += f"\n\n<tool_response>\n{ce_run.last_observation}\n</tool_response>"
+      ver = self.agents["verifier"]
+      solver_section = (prompts.MATH_VERIFIER_SOLVER_SECTION.format(solver_output=solver_output)
+                        if "problem_solver" in ver.sees else "")
+      ver_run = await self.run_agent(
+          traj, ver, ver.prompt_template.format(**fmt, execution=execution,
+                                                solver_section=solver_section),
+          request_fn=self._request_fn(task))
+      traj.final_answer = _answer(ver_run.last_text) or ""
+    except Exception as e:  # pylint: disable=broad-except
+      log.exception("mathchat failed on task %s", traj.task_id)
+      traj.error = f"{type(e).__name__}: {e}"
+    await self.finish(traj)
+    await self._outcome(traj, task)
+    return traj
+
+  def _request_fn(self, task):
+    def make(spec: AgentSpec, action: Action, agent_input: str) -> CoachRequest:
+      signals: dict[str, Any] = self.base_signals(action)
+      answer = _answer(action.text)
+      if answer is not None:
+        signals["answer"] = answer
+      return CoachRequest(
+          workflow=self.name, role=spec.role, role_description=spec.role_description,
+          task=task.prompt, agent_input=agent_input, agent_output=action.text,
+          tool_observation=action.tool_observation,
+          ground_truth=(str(task.answer) if spec.sees_ground_truth and task.answer is not None
+                        else None),
+          task_type=getattr(task, "task_type", ""), signals=signals,
+          metadata={"task_id": str(task.task_id), "agent": spec.name, "turn": action.turn})
+    return make
+
+  async def _outcome(self, traj: Trajectory, task) -> None:
+    ver = traj.actions_of("verifier")
+    if ver and ver[-1].coach is not None and ver[-1].coach.answer_correct is not None:
+      traj.outcome["coach_correct"] = float(ver[-1].coach.answer_correct)
+    if self.config.grade_with_rules and ver and task.answer is not None:
+      from mappa_jax.data import grading  # pylint: disable=g-import-not-at-top
+      text = code_blocks.visible_part(ver[-1].text)
+      traj.outcome["rule_correct"] = await asyncio.to_thread(grading.grade_response, text,
+                                                             task.answer)
+
+
+def _answer(text: str) -> str | None:
+  from mappa_jax.data import grading  # pylint: disable=g-import-not-at-top
+  return grading.extract_boxed_answer(code_blocks.visible_part(text))

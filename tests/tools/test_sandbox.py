@@ -1,0 +1,296 @@
+"""The sandbox under attack: each test asserts the attack failed AND the host is unchanged.
+
+Runs the real bubblewrap backend (CI installs it); a few tests also cover the process backend.
+"""
+import json
+import os
+import socket
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+from mappa_jax.tools import sandbox as sbx
+from mappa_jax.tools.workspace import Workspace
+
+REPO = Path(__file__).resolve().parents[2]
+FAST = sbx.SandboxLimits(timeout_s=15.0, memory_bytes=1 << 30, max_processes=32,
+                         output_keep_bytes=4096, output_kill_bytes=4 << 20,
+                         workspace_quota_bytes=8 << 20, file_size_bytes=4 << 20)
+
+
+@pytest.fixture(scope="module")
+def box():
+  assert sbx.shutil.which("bwrap"), "bubblewrap missing: apt-get install -y bubblewrap"
+  b = sbx.Sandbox("bwrap", FAST, max_concurrency=4)
+  yield b
+  b.close()
+
+
+@pytest.fixture
+def ws(tmp_path):
+  return Workspace(tmp_path / "ws")
+
+
+def run(box, code, ws, **lim):
+  return box.run_sync(textwrap.dedent(code), ws, limits=FAST.replace(**lim) if lim else None)
+
+
+def sandbox_processes(grace_s: float = 5.0) -> list:
+  """Host processes still running a sandboxed script (none may survive a run).
+
+  SIGKILLed processes take a moment to leave /proc on a loaded machine: poll for grace_s.
+  """
+  deadline = time.monotonic() + grace_s
+  while (alive := _sandbox_processes()) and time.monotonic() < deadline:
+    time.sleep(0.1)
+  return alive
+
+
+def _sandbox_processes() -> list:
+  pids = []
+  for d in Path("/proc").iterdir():
+    if d.name.isdigit():
+      try:
+        cmd = (d / "cmdline").read_bytes()
+      except OSError:
+        continue
+      if b"/sandbox/main.py" in cmd or b"mappa_sandbox_" in cmd:
+        pids.append((int(d.name), cmd.replace(b"\0", b" ")[:200]))
+  return pids
+
+
+def test_runs_python_with_the_data_stack(box, ws):
+  ws.add_file("in.txt", b"41")
+  r = run(box, """
+      import numpy, pandas, os
+      v = int(open('in.txt').read()) + 1
+      open('out.txt', 'w').write(str(v))
+      print(v, os.getcwd(), numpy.arange(3).sum())
+      """, ws)
+  assert r.exit_code == 0, r.stderr
+  assert r.stdout.split() == ["42", "/workspace", "3"]
+  assert r.files_changed == ("out.txt",) and (ws.path / "out.txt").read_text() == "42"
+  assert not r.timed_out and r.limit == "" and r.backend == "bwrap"
+
+
+def test_crash_is_reported_not_raised(box, ws):
+  r = run(box, "raise ValueError('boom')", ws)
+  assert r.exit_code == 1 and "ValueError: boom" in r.stderr and "/sandbox/main.py" in r.stderr
+
+
+def test_no_tcp_to_host_loopback(box, ws):
+  srv = socket.socket()
+  srv.bind(("127.0.0.1", 0))
+  srv.listen(8)
+  srv.setblocking(False)
+  port = srv.getsockname()[1]
+  try:
+    r = run(box, f"""
+        import socket
+        try:
+          socket.create_connection(('127.0.0.1', {port}), timeout=1).send(b'x')
+          print('CONNECTED')
+        except OSError as e:
+          print('blocked', type(e).__name__)
+        """, ws)
+    assert "blocked" in r.stdout and "CONNECTED" not in r.stdout
+    with pytest.raises(BlockingIOError):  # the host listener never saw a connection
+      srv.accept()
+  finally:
+    srv.close()
+
+
+def test_no_external_network_and_no_dns(box, ws):
+  r = run(box, """
+      import socket
+      for host, port in [('1.1.1.1', 53), ('8.8.8.8', 443)]:
+        try:
+          socket.create_connection((host, port), timeout=1); print('CONNECTED')
+        except OSError as e:
+          print('blocked', e.errno)
+      try:
+        socket.getaddrinfo('pypi.org', 443); print('RESOLVED')
+      except OSError:
+        print('dns blocked')
+      """, ws)
+  assert r.stdout.count("blocked") == 3, r.stdout + r.stderr
+  assert "CONNECTED" not in r.stdout and "RESOLVED" not in r.stdout
+
+
+def test_cannot_read_host_files_or_secrets(box, ws, monkeypatch):
+  monkeypatch.setenv("MAPPA_TEST_SECRET", "hunter2-secret")
+  root_entries = sorted(os.listdir("/root")) if os.access("/root", os.R_OK) else []
+  r = run(box, f"""
+      import os, json
+      res = {{}}
+      for p in [{str(REPO / 'setup.cfg')!r}, {str(Path(__file__).resolve())!r}, '/etc/shadow',
+                '/etc/passwd', '/proc/{os.getpid()}/environ']:
+        try:
+          res[p] = open(p).read()[:50]
+        except OSError as e:
+          res[p] = 'ERR ' + type(e).__name__
+      res['root'] = sorted(os.listdir('/root')) if os.path.isdir('/root') else []
+      res['env'] = dict(os.environ)
+      print(json.dumps(res))
+      """, ws)
+  res = json.loads(r.stdout)
+  for p in [str(REPO / "setup.cfg"), str(Path(__file__).resolve()), "/etc/shadow",
+            "/etc/passwd", f"/proc/{os.getpid()}/environ"]:
+    assert res[p].startswith("ERR"), (p, res[p])
+  assert "hunter2-secret" not in r.stdout
+  assert "MAPPA_TEST_SECRET" not in res["env"]
+  # Only the interpreter's prefix may show under /root (read-only), nothing else of the host's.
+  assert set(res["root"]) <= {".pyenv"} or not root_entries, res["root"]
+
+
+def test_cannot_write_outside_workspace(box, ws, tmp_path):
+  targets = [str(tmp_path / "escape.txt"), str(REPO / "pwned.txt"), "/usr/pwned.txt",
+             "/root/pwned.txt", str(Path(sys.prefix) / "pwned.txt")]
+  r = run(box, f"""
+      for p in {targets!r}:
+        try:
+          open(p, 'w').write('x'); print('WROTE', p)
+        except OSError as e:
+          print('denied', p)
+      open('/tmp/scratch.txt', 'w').write('private tmpfs is fine')
+      """, ws)
+  assert r.stdout.count("denied") == len(targets), r.stdout
+  for p in targets:
+    assert not os.path.exists(p)
+  assert not (Path("/tmp") / "scratch.txt").exists() or \
+      (Path("/tmp") / "scratch.txt").read_text() != "private tmpfs is fine"
+
+
+def test_fork_bomb_is_capped_by_pids_cgroup(box, ws):
+  assert sbx._PidsCgroup.parent() is not None, "no pids cgroup: process count unbounded"
+  r = run(box, """
+      import os, time
+      ok = failed = 0
+      for _ in range(300):
+        try:
+          pid = os.fork()
+        except OSError:
+          failed += 1
+          continue
+        if pid == 0:
+          time.sleep(30)
+          os._exit(0)
+        ok += 1
+      print(ok, failed)
+      """, ws, max_processes=24)
+  ok, failed = map(int, r.stdout.split())
+  assert ok < 24 and failed > 0
+  assert sandbox_processes() == []
+
+
+def test_memory_bomb(box, ws):
+  r = run(box, "x = bytearray(3 << 30)\nprint('ALLOCATED')", ws, memory_bytes=512 << 20)
+  assert "ALLOCATED" not in r.stdout and "MemoryError" in r.stderr and r.exit_code != 0
+
+
+@pytest.mark.parametrize("code", ["while True:\n  pass", "import time\ntime.sleep(120)"])
+def test_timeout_kills_cpu_loops_and_sleepers(box, ws, code):
+  r = run(box, code, ws, timeout_s=1.0)
+  assert r.timed_out and r.limit == "timeout" and r.exit_code != 0
+  assert r.duration_s < 30  # killed, not waited for
+  assert sandbox_processes() == []
+
+
+DAEMON = """
+    import os, time
+    if os.fork() == 0:
+      os.setsid()
+      if os.fork() == 0:
+        time.sleep(1.5)
+        open('daemon_was_alive.txt', 'w').write('x')
+        os._exit(0)
+      os._exit(0)
+    print('parent exits')
+    """
+
+
+@pytest.mark.parametrize("backend", ["bwrap", "process"])
+def test_daemonized_child_dies_with_the_run(box, ws, backend):
+  b = box if backend == "bwrap" else sbx.Sandbox("process", FAST)
+  r = run(b, DAEMON, ws)
+  assert "parent exits" in r.stdout
+  time.sleep(2.5)
+  assert not (ws.path / "daemon_was_alive.txt").exists()
+  assert sandbox_processes() == []
+
+
+def test_gigabytes_of_output_are_capped(box, ws):
+  r = run(box, """
+      import sys
+      sys.stdout.write('HEAD\\n')
+      chunk = 'y' * (1 << 20)
+      for _ in range(4096):  # 4 GiB
+        sys.stdout.write(chunk)
+      """, ws, timeout_s=15)
+  assert r.limit == "output"
+  assert r.stdout.startswith("HEAD") and len(r.stdout) < 8192 and "bytes omitted" in r.stdout
+
+
+def test_disk_fill_beyond_quota(box, ws):
+  r = run(box, """
+      import os
+      try:
+        open('big.bin', 'wb').write(b'0' * (16 << 20))   # over RLIMIT_FSIZE
+      except OSError as e:
+        print('fsize', e.errno)
+      for i in range(64):                                # many files under FSIZE
+        open(f'f{i}.bin', 'wb').write(b'1' * (3 << 20))
+      import time; time.sleep(5)
+      """, ws, timeout_s=8)
+  assert "fsize 27" in r.stdout  # EFBIG
+  assert r.limit == "workspace_quota"
+  assert ws.size_bytes() <= FAST.workspace_quota_bytes
+  assert "workspace quota exceeded" in r.stderr or not r.files_changed
+
+
+def test_runs_overlap_up_to_the_concurrency_limit(box, tmp_path):
+  import asyncio
+
+  async def many():
+    code = "import time; s = time.time(); time.sleep(1); print(s, time.time())"
+    wss = [Workspace(tmp_path / f"w{i}") for i in range(3)]
+    return await asyncio.gather(*[box.run(code, w) for w in wss])
+
+  spans = [tuple(map(float, r.stdout.split())) for r in asyncio.run(many())]
+  assert max(s for s, _ in spans) < min(e for _, e in spans)  # all were running at once
+
+
+def test_process_backend_limits(ws):
+  b = sbx.Sandbox("process", FAST)
+  r = run(b, "import os; print(os.getcwd()); open('a.txt','w').write('1')", ws)
+  assert r.exit_code == 0 and r.stdout.strip() == str(ws.path) and r.files_changed == ("a.txt",)
+  r = run(b, "while True: pass", ws, timeout_s=1.0)
+  assert r.timed_out and r.backend == "process"
+
+
+def test_cli_prints_json(tmp_path):
+  prog = tmp_path / "p.py"
+  prog.write_text("print('hi from cli')")
+  out = subprocess.run([sys.executable, "-m", "mappa_jax.tools.sandbox", "--workspace",
+                        str(tmp_path / "w"), "--timeout", "20", str(prog)],
+                       capture_output=True, text=True, timeout=120, cwd=REPO)
+  res = json.loads(out.stdout)
+  assert res["exit_code"] == 0 and res["stdout"].strip() == "hi from cli"
+
+
+def test_bad_backend_names_the_fix():
+  with pytest.raises(ValueError, match="backend"):
+    sbx.Sandbox("docker")
+
+
+def test_auto_without_bwrap_falls_back_loudly(monkeypatch, caplog):
+  monkeypatch.setattr(sbx.shutil, "which", lambda name: None)
+  with caplog.at_level("WARNING"):
+    b = sbx.Sandbox("auto")
+  assert b.backend == "process" and "bubblewrap (bwrap) not found" in caplog.text
+  with pytest.raises(RuntimeError, match="apt-get install bubblewrap"):
+    sbx.Sandbox("bwrap")

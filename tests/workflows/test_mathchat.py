@@ -1,0 +1,143 @@
+"""MathChat with a scripted policy, the real tiny tokenizer, a real bwrap sandbox."""
+import asyncio
+import time
+
+import pytest
+
+from mappa_jax.data.loaders import Task
+from mappa_jax.rollout.types import SamplingParams
+from mappa_jax.workflows.base import LoopOptions
+from mappa_jax.workflows.mathchat import MathChatConfig, MathChatWorkflow
+from mappa_jax.workflows.scripted import ScriptedEngine
+from tests.workflows.conftest import RecordingCoach
+
+TASK = Task("p1", "What is 6 times 7? Put the answer in \\boxed{}.", "42", "add_sub")
+PS = "Six sevens.\n</think>\n\nThe product is \\boxed{42}."
+CE_CODE = "Let me compute.\n</think>\n\n```python\nprint(6 * 7)\n```"
+CE_DONE = "The code printed 42.\n</think>\n\nConfirmed: \\boxed{42}"
+VER = "Both agree.\n</think>\n\n**\\boxed{42}**"
+SCRIPT = {"problem_solver": [PS], "code_executor": [CE_CODE, CE_DONE], "verifier": [VER]}
+
+
+def make(tokenizer, sandbox, script=SCRIPT, coach=None, config=MathChatConfig(),
+         options=LoopOptions(), delay_s=0.0):
+  engine = ScriptedEngine(tokenizer, script, delay_s=delay_s)
+  coach = coach or RecordingCoach()
+  wf = MathChatWorkflow(engine=engine, tokenizer=tokenizer, coach=coach, sandbox=sandbox,
+                        sampling=SamplingParams(max_new_tokens=512), config=config,
+                        options=options)
+  return wf, engine, coach
+
+
+def test_full_trajectory(tokenizer, sandbox):
+  wf, engine, coach = make(tokenizer, sandbox)
+  traj = asyncio.run(wf.run(TASK))
+  assert not traj.error
+  assert [(a.agent, a.turn) for a in traj.actions] == [
+      ("problem_solver", 0), ("code_executor", 0), ("code_executor", 1), ("verifier", 0)]
+  ps, ce0, ce1, ver = traj.actions
+  assert ce0.tool_observation == "42" and ce0.tool_calls[0].exit_code == 0
+  assert ce1.tool_calls == [] and ver.tool_calls == []
+  # Token ids end to end: turn 2's prompt = turn 1's prompt + sampled ids + template suffix.
+  n = len(ce0.prompt_ids) + len(ce0.response_ids)
+  assert ce1.prompt_ids[:n] == ce0.prompt_ids + ce0.response_ids
+  suffix = tokenizer.decode(ce1.prompt_ids[n:])
+  assert suffix.startswith("\n<|im_start|>user\n<tool_response>\n42\n</tool_response><|im_end|>")
+  assert suffix.endswith("<|im_start|>assistant\n<think>\n")
+  assert ce0.response_ids[-1] in tokenizer.eos_token_ids
+  # Hand-offs: the upstream text arrives, special-token text never does.
+  ce_prompt = tokenizer.decode(ce0.prompt_ids)
+  assert "The product is \\boxed{42}." in ce_prompt and "Six sevens." in ce_prompt
+  assert ce_prompt.count("<|im_end|>") == 1  # only the template's own end of the user turn
+  ver_prompt = tokenizer.decode(ver.prompt_ids)
+  assert "Confirmed: \\boxed{42}" in ver_prompt and "<tool_response>\n42\n" in ver_prompt
+  assert "Six sevens" not in ver_prompt  # reference default: no Problem Solver input
+  assert ver_prompt.count("<|im_end|>") == 1
+  # Coach: one request per action, label only for the Verifier, all results attached.
+  assert [r.role for r in coach.requests] == ["Problem Solver", "Code Executor",
+                                              "Code Executor", "Verifier"]
+  assert [r.ground_truth for r in coach.requests] == [None, None, None, "42"]
+  assert coach.requests[1].signals["code_blocks"] == 1
+  assert coach.requests[1].tool_observation == "42"
+  assert coach.requests[3].signals["answer"] == "42"
+  assert all(a.coach is not None and a.coach.is_scored for a in traj.actions)
+  assert traj.final_answer == "42" and traj.outcome["rule_correct"] == 1.0
+  assert all(a.rollout_logprobs == [-1.0] * len(a.response_ids) for a in traj.actions)
+
+
+def test_verifier_can_see_problem_solver(tokenizer, sandbox):
+  wf, _, _ = make(tokenizer, sandbox, config=MathChatConfig(verifier_sees_problem_solver=True))
+  traj = asyncio.run(wf.run(TASK))
+  ver_prompt = tokenizer.decode(traj.actions_of("verifier")[0].prompt_ids)
+  assert "## Input from Problem Solver" in ver_prompt and "Six sevens" in ver_prompt
+
+
+def test_strip_thinking_handoff(tokenizer, sandbox):
+  wf, _, _ = make(tokenizer, sandbox, options=LoopOptions(strip_thinking_handoff=True))
+  traj = asyncio.run(wf.run(TASK))
+  ce_prompt = tokenizer.decode(traj.actions_of("code_executor")[0].prompt_ids)
+  assert "The product is" in ce_prompt and "Six sevens" not in ce_prompt
+
+
+def test_reference_context_bug_flag(tokenizer, sandbox):
+  wf, _, _ = make(tokenizer, sandbox, options=LoopOptions(reference_context_bug=True))
+  traj = asyncio.run(wf.run(TASK))
+  ce0, ce1 = traj.actions_of("code_executor")
+  assert ce1.prompt_ids == ce0.response_ids  # reference: action 2 conditioned on action 1 only
+
+
+def test_max_turn_stop_and_crash_surfaced(tokenizer, sandbox):
+  crash = "Try.\n</think>\n```python\nprint('before')\n1 / 0\n```"
+  script = dict(SCRIPT, code_executor=[crash])  # always writes code
+  wf, engine, coach = make(tokenizer, sandbox, script=script)
+  traj = asyncio.run(wf.run(TASK))
+  ce = traj.actions_of("code_executor")
+  assert len(ce) == 2 and sum(a == "code_executor" for a, _ in engine.calls) == 2
+  assert all(a.tool_calls for a in ce)  # the last turn's code still runs
+  obs = ce[0].tool_observation
+  assert obs.startswith("before\n[stderr]: Traceback") and "ZeroDivisionError" in obs
+  assert ce[0].tool_calls[0].exit_code == 1
+  assert "ZeroDivisionError" in tokenizer.decode(ce[1].prompt_ids)  # the agent saw the crash
+  assert coach.of("Code Executor")[0].signals["tool_errors"] == 1
+
+
+def test_downstream_agents_do_not_wait_for_the_coach(tokenizer, sandbox):
+  async def go():
+    hold = asyncio.Event()
+    wf, engine, coach = make(tokenizer, sandbox, coach=RecordingCoach(hold=hold))
+    run = asyncio.create_task(wf.run(TASK))
+    while not any(a == "verifier" for a, _ in engine.calls):
+      await asyncio.sleep(0.05)
+      assert not run.done()
+    assert len(coach.requests) >= 3 and not run.done()  # coach still held, verifier ran
+    hold.set()
+    return await run
+  traj = asyncio.run(go())
+  assert all(a.coach.is_scored for a in traj.actions)
+
+
+def test_slow_tool_never_blocks_other_trajectories(tokenizer, sandbox):
+  slow = ("Slow.\n</think>\n```python\nimport time\nprint('start', time.time())\n"
+          "time.sleep(3)\nprint('end', time.time())\n```")
+  ce = lambda prompt: slow if "SLOW" in prompt else CE_DONE  # noqa: E731
+  script = dict(SCRIPT, code_executor=[ce, CE_DONE])
+  fast_tasks = [Task(f"f{i}", f"fast {i}: 6*7? \\boxed{{}}", "42", "x") for i in range(3)]
+  slow_task = Task("s", "SLOW: 6*7? \\boxed{}", "42", "x")
+
+  async def go():
+    wf, _, _ = make(tokenizer, sandbox, script=script, delay_s=0.05)
+    done_at = {}
+
+    async def one(t):
+      traj = await wf.run(t)
+      done_at[t.task_id] = time.time()
+      return traj
+    trajs = await asyncio.gather(one(slow_task), *[one(t) for t in fast_tasks])
+    return trajs, done_at
+  trajs, done_at = asyncio.run(go())
+  slow_obs = trajs[0].actions_of("code_executor")[0].tool_observation.split()
+  end = float(slow_obs[3])
+  # Every fast trajectory (3 agents, 4 generations) finished before the slow tool call did:
+  # a blocking tool call would have held them until after `end`.
+  assert all(done_at[t.task_id] < end for t in fast_tasks), (end, done_at)
+  assert done_at["s"] > end
