@@ -93,7 +93,6 @@ def rollout_section(preset: str, *, agent_names: tuple[str, ...], paper_max_new_
       rollout_batch_size=4 if local else paper_rollout_batch_size,  # REF tasks per step
       max_concurrent_workflows=4 if local else 16,  # REF workflows in flight per process
       prompt_max_len=512 if local else 24576,  # REF longest prompt (tokens) before an action
-      seed_offset_per_agent=20,  # REF per-agent sampling seed offset (seed + 20 * index)
   )
 
 
@@ -115,7 +114,8 @@ def coach_section(preset: str, *, paper_model: str) -> ml_collections.ConfigDict
       max_retries=6,  # retries with exponential backoff (REF: 300, i.e. about a day)
       format_retry=True,  # REF one-shot retry asking for the PROCESS_SCORE format
       circuit_breaker_failures=20,  # consecutive failures that stop the run with an error
-      cache_path=config_dict.placeholder(str),  # JSONL cache; None = <workdir>/coach_cache.jsonl
+      # SQLite verdict cache (WAL); None = <workdir>/coach_cache.sqlite. kind='replay' reads it.
+      cache_path=config_dict.placeholder(str),
       # What the RL update does with an action the coach could not score:
       # 'mask' = leave it out of the loss (FIX, default); 'neutral' = use neutral_score.
       invalid_policy="mask",
@@ -136,9 +136,8 @@ def rl_section(preset: str, *, reward_scale: float) -> ml_collections.ConfigDict
   del preset  # the objective is the same at every scale
   return _c(
       kl_coef=0.01,  # REF beta
-      kl_estimator="k1",  # REF 'k1' | 'k2' | 'k3'
+      kl_estimator="k1",  # REF 'k1' | 'k2' | 'k3' (per-token values clamped to [-10, 10], REF)
       kl_placement="reward",  # REF 'reward' (token reward) | 'loss' (separate term) | 'none'
-      kl_clamp=config_dict.placeholder(float),  # |kl_t| clamp; None = off (REF)
       gamma=1.0,  # REF discount within an action
       return_across_actions=False,  # REF: returns stop at the action boundary
       # Coach score (0-10) multiplier. REF: 0.1 MathChat, 1.0 DSBench (BUG §10.2: this makes
@@ -179,7 +178,6 @@ def train_section(preset: str, *, paper_num_steps: int,
       max_grad_norm=1.0,  # REF global-norm clip
       samples_per_optimizer_step=4 if local else 16,  # REF samples averaged per update
       micro_batch_size=2 if local else 4,  # samples per forward/backward (accumulated)
-      epochs_per_step=1,  # REF passes over one rollout's samples
       num_steps=3 if local else paper_num_steps,  # REF global (rollout + update) steps
       # Padded sequence lengths (prompt + response tokens): a batch uses the smallest that
       # fits, so shapes (and compilations) stay few. Nothing is truncated to fit: the largest
@@ -193,9 +191,9 @@ def sandbox_section(preset: str, *, paper_timeout_s: float) -> ml_collections.Co
   return _c(
       backend="auto",  # 'auto' (bwrap if available) | 'bwrap' | 'process' (no isolation)
       timeout_s=10.0 if local else paper_timeout_s,  # REF wall time per code block
-      memory_mb=1024 if local else 4096,  # address-space limit per execution
+      memory_mb=1024 if local else 4096,  # address-space limit (RLIMIT_AS) per process
       max_concurrency=4 if local else 30,  # REF simultaneous executions
-      output_cap_chars=20000,  # stdout/stderr kept per execution
+      output_cap_chars=20000,  # stdout/stderr bytes kept per stream (half head, half tail)
   )
 
 

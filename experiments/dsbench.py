@@ -70,6 +70,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.data.train_files = () if local else ("data/Bench/dsbench_modeling_train.json",)
   config.data.eval_files = () if local else ("data/Bench/dsbench_modeling_eval.json",)
   # task_id -> cleaned description, metric, target and id columns (REF).
+  # DSBench data root holding data_resplit/<task>/{train,test}.csv and answers/<task>/
+  # (the public DSBench release; not shipped). '' = the directory of the first train file.
+  config.data.dsbench_root = ""
   config.data.cleaned_prompts_file = ("" if local else
                                       "data/Bench/dsbench_modeling_cleaned_prompts.json")
   config.data.max_train_samples = 0  # use every task (0 = all; REF 64)

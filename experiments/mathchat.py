@@ -74,7 +74,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.data.synthetic = ml_collections.ConfigDict()
   config.data.synthetic.seed = 0  # synthetic task generator seed
   config.data.synthetic.n_train = 64  # synthetic training tasks
-  config.data.synthetic.n_eval = 8  # synthetic eval tasks
+  config.data.synthetic.n_eval = 4  # synthetic eval tasks
   config.data.synthetic.difficulty = 1  # 1: two-operand +/-; higher adds operands and * //
 
   config.sandbox = common.sandbox_section(preset, paper_timeout_s=30.0)  # REF 30 s

@@ -88,8 +88,10 @@ def _backward_chunks(hidden, lm_head, targets, lse, ent, g_logp, g_ent, temperat
       dz = dz - ge_c[:, None] * p * (logp_all + ent_c[:, None])
     if temperature != 1.0:
       dz = dz / temperature
-    dh_c = jnp.dot(dz, lm_head.T.astype(jnp.float32), preferred_element_type=jnp.float32)
-    dw = dw + jnp.dot(h_c.T.astype(jnp.float32), dz, preferred_element_type=jnp.float32)
+    # Matmul inputs in the parameter dtype (bf16 tensor cores), float32 accumulation.
+    dz = dz.astype(jnp.promote_types(lm_head.dtype, hidden.dtype))
+    dh_c = jnp.dot(dz, lm_head.T, preferred_element_type=jnp.float32)
+    dw = dw + jnp.dot(h_c.T, dz, preferred_element_type=jnp.float32)
     return dw, dh_c
 
   dw, dh = jax.lax.scan(body, jnp.zeros(lm_head.shape, jnp.float32), xs)

@@ -58,15 +58,14 @@ def main(argv: list[str]) -> int:
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected positional arguments: {argv[1:]}")
   progress.quiet_library_logs()
-  distributed.initialize()
-  import jax  # pylint: disable=g-import-not-at-top  (after jax.distributed.initialize)
-
   config = _CONFIG.value
   try:
-    mconfig.validate(config)
+    mconfig.validate(config)  # before anything starts, on every process
   except mconfig.ConfigError as e:
     print(f"FATAL: {e}", file=sys.stderr)
     return 1
+  distributed.initialize()
+  import jax  # pylint: disable=g-import-not-at-top  (after jax.distributed.initialize)
   info = distributed.process_info()
   logging.info("Process %d/%d on %s: %d local / %d global %s devices (%s), jax %s",
                info["process_index"], info["process_count"], info["host"],

@@ -322,7 +322,6 @@ def _check(c: _Checker) -> None:
   c.field("rollout.rollout_batch_size", "int", _positive, "Use >= 1.")
   c.field("rollout.max_concurrent_workflows", "int", _positive, "Use >= 1.")
   prompt_max = c.field("rollout.prompt_max_len", "int", _positive, "Use >= 1.")
-  c.field("rollout.seed_offset_per_agent", "int", _non_negative, "Use >= 0.")
 
   # coach
   kind = c.choice("coach.kind", ("rule", "openai", "panel", "replay"))
@@ -367,7 +366,6 @@ def _check(c: _Checker) -> None:
   if placement == "loss" and estimator == "k1":
     c.error("rl.kl_estimator", "'k1' as a loss term has zero expected gradient of the KL; with "
             "rl.kl_placement='loss' use 'k3' (or 'k2'), or keep kl_placement='reward'")
-  c.field("rl.kl_clamp", "number", _positive, "Use > 0 or None (off).", optional=True)
   c.field("rl.gamma", "number", lambda v: 0 <= v <= 1, "Use 0 <= gamma <= 1.")
   c.field("rl.return_across_actions", "bool")
   c.field("rl.reward_scale", "number", _positive, "Use > 0 (0.1 maps scores to [0, 1]).")
@@ -403,7 +401,6 @@ def _check(c: _Checker) -> None:
   if per_step is not None and micro is not None and per_step % micro:
     c.error("train.micro_batch_size", f"= {micro} must divide "
             f"train.samples_per_optimizer_step ({per_step})")
-  c.field("train.epochs_per_step", "int", _positive, "Use >= 1.")
   c.field("train.num_steps", "int", _positive, "Use >= 1.")
   buckets = c.field("train.token_budget_buckets", "int tuple",
                     lambda v: len(v) > 0 and all(b > 0 for b in v)
@@ -426,7 +423,7 @@ def _check(c: _Checker) -> None:
   c.field("data.subsample_seed", "int", _non_negative, "Use >= 0.")
   c.field("data.prompt_suffix", "str")
   c.field("data.allow_eval_overlap", "bool")
-  for key in ("cleaned_prompts_file", "stratify_key"):  # DSBench only
+  for key in ("cleaned_prompts_file", "stratify_key", "dsbench_root"):  # DSBench only
     if c.has(f"data.{key}"):
       c.field(f"data.{key}", "str")
   c.field("data.synthetic.seed", "int", _non_negative, "Use >= 0.")

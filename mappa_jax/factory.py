@@ -29,9 +29,12 @@ _BASELINES = {"reinforce_pp": "none", "reinforce_pp_baseline": "reinforce_baseli
 # ------------------------------------------------------------------------------------- data
 
 def _files_tasks(paths, config: ml_collections.ConfigDict) -> list[Task]:
+  suffix = config.data.prompt_suffix
   tasks: list[Task] = []
   for path in paths:
-    tasks += loaders.load_tasks(path)
+    # REF: the suffix follows the prompt after a blank line.
+    tasks += loaders.load_tasks(path, add_prompt_suffix=bool(suffix),
+                                prompt_suffix="\n\n" + suffix if suffix else "")
   return tasks
 
 
@@ -62,7 +65,7 @@ def build_tasks(config: ml_collections.ConfigDict, workdir: str
     return train, {"suite": evals}
   if config.workflow == "dsbench":
     from mappa_jax.data import dsbench
-    root = os.path.dirname(os.path.abspath(data.train_files[0]))
+    root = data.dsbench_root or os.path.dirname(os.path.abspath(data.train_files[0]))
     load = lambda path: dsbench.load_dsbench_tasks(  # noqa: E731
         root, path, cleaned_prompts=data.cleaned_prompts_file or None)
     train = [t for path in data.train_files for t in load(path)]
@@ -94,6 +97,15 @@ def model_dir(config: ml_collections.ConfigDict, workdir: str) -> str:
   return path
 
 
+def build_sandbox(config: ml_collections.ConfigDict):
+  """The code sandbox with the `sandbox` section's limits."""
+  from mappa_jax.tools.sandbox import Sandbox, SandboxLimits
+  sb = config.sandbox
+  limits = SandboxLimits(timeout_s=float(sb.timeout_s), memory_bytes=int(sb.memory_mb) << 20,
+                         output_keep_bytes=int(sb.output_cap_chars))
+  return Sandbox(sb.backend, limits, max_concurrency=int(sb.max_concurrency))
+
+
 # --------------------------------------------------------------------------------------- RL
 
 def experience_config(config: ml_collections.ConfigDict) -> ExperienceConfig:
@@ -101,7 +113,10 @@ def experience_config(config: ml_collections.ConfigDict) -> ExperienceConfig:
       token_buckets=tuple(int(t) for t in config.train.token_budget_buckets),
       rows_multiple=int(config.train.samples_per_optimizer_step),
       reward_scale=float(config.rl.reward_scale),
-      reward_source="outcome" if config.rl.advantage_estimator == "outcome" else "process")
+      reward_source="outcome" if config.rl.advantage_estimator == "outcome" else "process",
+      # Outcome-only ablation: MathChat's rule-graded correctness, DSBench's metric gain over
+      # the trivial baseline (both computed by the workflow, never by the coach).
+      outcome_key="rule_correct" if config.workflow == "mathchat" else "normalized_gain")
 
 
 def expected_optimizer_steps(config: ml_collections.ConfigDict, agent: str) -> int:

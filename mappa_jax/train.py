@@ -30,6 +30,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from mappa_jax import config as mconfig
 from mappa_jax import factory
 from mappa_jax import sharding
 from mappa_jax.checkpoint import CheckpointManager
@@ -42,8 +43,8 @@ from mappa_jax.models import hf_io
 from mappa_jax.models.tokenizer import Tokenizer
 from mappa_jax.progress import phase
 from mappa_jax.rl.experience import build_train_batch
-from mappa_jax.rl.update import init_train_state, make_update_step
-from mappa_jax.tools.sandbox import Sandbox
+from mappa_jax.rl import objectives
+from mappa_jax.rl.update import advantage_stats_fn, init_train_state, make_update_step
 from mappa_jax.workflows.records import Trajectory
 
 log = logging.getLogger(__name__)
@@ -74,7 +75,7 @@ class Trainer:
   def __init__(self, config: ml_collections.ConfigDict, workdir: str):
     self.config = config
     self.workdir = os.path.abspath(workdir)
-    self.agents = tuple(config.agents)
+    self.agents = mconfig.agent_names(config)  # workflow order (ConfigDict sorts keys)
     self.loop = asyncio.new_event_loop()
     self.train_tasks, self.eval_sets = factory.build_tasks(config, self.workdir)
     if len(self.train_tasks) < config.rollout.rollout_batch_size:
@@ -83,7 +84,8 @@ class Trainer:
     self.mesh = sharding.make_mesh(sharding.MeshConfig.from_config(config.mesh))
     self.model_dir = factory.model_dir(config, self.workdir)
     self.tokenizer = Tokenizer.from_dir(self.model_dir)
-    base = hf_io.load_hf(self.model_dir, mesh=self.mesh, param_dtype=config.model.param_dtype)
+    base = hf_io.load_hf(self.model_dir, mesh=self.mesh, param_dtype=config.model.param_dtype,
+                         dtype=config.model.dtype, remat=bool(config.model.remat))
     self.graphdef, self.ref_params = nnx.split(base, nnx.Param)
     self.update_configs = {a: factory.update_config(config, a) for a in self.agents}
     self.states, models, step_fns = {}, {}, {}
@@ -95,11 +97,12 @@ class Trainer:
       if cfg not in step_fns:  # agents with equal settings share one compiled step
         step_fns[cfg] = make_update_step(self.graphdef, cfg, mesh=self.mesh)
     self.step_fns = {a: step_fns[self.update_configs[a]] for a in self.agents}
+    self._stats_fns: dict[str, Any] = {}
     self.experience_config = factory.experience_config(config)
     self.engine = self._build_engine(models)
     self.coach_stats = build_stats(config.coach)
     self.coach = _RecordingCoach(build_coach(config.coach, self.workdir), self.coach_stats)
-    self.sandbox = Sandbox.from_config(config.sandbox)
+    self.sandbox = factory.build_sandbox(config)
     workspaces = os.path.join(self.workdir, "workspaces")
     self.workflow = factory.build_workflow(
         config, engine=self.engine, tokenizer=self.tokenizer, coach=self.coach,
@@ -136,7 +139,7 @@ class Trainer:
     if restored is None:
       return
     for agent in self.agents:
-      self.states[agent] = type(self.states[agent])(**restored.agents[agent])
+      self.states[agent] = _like(self.states[agent], restored.agents[agent])
       self.loop.run_until_complete(
           self.engine.publish(agent, self.states[agent].params, restored.step))
     self.step = restored.step
@@ -151,9 +154,15 @@ class Trainer:
     """The next batch of tasks; a shuffled pass per epoch (seed + epoch), drop_last."""
     size = int(self.config.rollout.rollout_batch_size)
     seed = int(self.config.data.subsample_seed)
+    key = self.config.data.get("stratify_key", "")
+    sampler = None
+    if key:  # REF DSBench: fixed share of each task type per batch
+      sampler = batching.StratifiedBatchSampler(
+          [str(t.metadata.get(key, t.task_type)) for t in self.train_tasks], size, seed=seed)
     while True:
       epoch, index = self.data_state["epoch"], self.data_state["batch"]
-      batches = batching.epoch_batches(len(self.train_tasks), size, epoch, seed=seed)
+      batches = (sampler.batches(epoch) if sampler is not None else
+                 batching.epoch_batches(len(self.train_tasks), size, epoch, seed=seed))
       if index < len(batches):
         self.data_state = {"epoch": epoch, "batch": index + 1}
         return [self.train_tasks[i] for i in batches[index]]
@@ -183,7 +192,8 @@ class Trainer:
   def _rollout_metrics(self, trajs: list[Trajectory]) -> dict[str, float]:
     out: dict[str, float] = {"rollout/trajectories": len(trajs),
                              "rollout/errors": sum(bool(t.error) for t in trajs)}
-    for key in ("rule_correct", "coach_correct", "submission_valid"):
+    # MathChat: rule/coach-judged correctness; DSBench: submission validity and metric gain.
+    for key in ("rule_correct", "coach_correct", "valid", "normalized_gain"):
       values = [float(t.outcome[key]) for t in trajs if key in t.outcome]
       if values:
         out[f"rollout/{key}"] = float(np.mean(values))
@@ -198,8 +208,20 @@ class Trainer:
 
   # ----------------------------------------------------------------------------- update
 
+  def _pooled_stats(self, batches):
+    """whiten_scope='pooled': one set of whitening statistics over every agent's tokens."""
+    if self.config.rl.whiten_scope != "pooled":
+      return None
+    stats = []
+    for agent, batch in batches.items():
+      if agent not in self._stats_fns:
+        self._stats_fns[agent] = advantage_stats_fn(self.graphdef, self.update_configs[agent])
+      stats.append(self._stats_fns[agent](self.states[agent].params, self.ref_params, batch))
+    return objectives.merge_stats(*stats)
+
   def _update(self, trajs: list[Trajectory]) -> dict[str, float]:
     metrics: dict[str, float] = {}
+    batches = {}
     for agent in self.agents:
       batch, stats = build_train_batch(trajs, agent, self.experience_config)
       for key in ("actions", "invalid", "truncated", "left_truncated"):
@@ -207,9 +229,12 @@ class Trainer:
       if stats["actions"] == 0:
         log.warning("step %d: agent %s has no actions; its update is skipped", self.step, agent)
         continue
+      batches[agent] = batch
+    pooled = self._pooled_stats(batches)
+    for agent, batch in batches.items():
       self.rng, key = jax.random.split(self.rng)
       self.states[agent], m = self.step_fns[agent](self.states[agent], self.ref_params, batch,
-                                                   key)
+                                                   key, pooled)
       metrics.update({f"train/{agent}/{k}": float(v) for k, v in jax.device_get(m).items()})
       self.loop.run_until_complete(
           self.engine.publish(agent, self.states[agent].params, self.step))
@@ -222,13 +247,15 @@ class Trainer:
     kind = "math" if self.config.workflow == "mathchat" else "dsbench"
     out_dir = os.path.join(self.workdir, "eval_results")
     for name, tasks in self.eval_sets.items():
-      with phase(f"eval {name}", total=None):
-        report, _ = self.loop.run_until_complete(eval_runner.run_eval(
-            name, tasks, self.eval_workflow.run, kind=kind,
-            n_samples=int(self.config.eval.n_samples_per_prompt),
-            max_concurrency=int(self.config.rollout.max_concurrent_workflows),
-            seed=int(self.config.seed),
-            results_path=os.path.join(out_dir, f"step{step:06d}_{name}.json")))
+      t0 = time.perf_counter()
+      report, _ = self.loop.run_until_complete(eval_runner.run_eval(
+          name, tasks, self.eval_workflow.run, kind=kind,
+          n_samples=int(self.config.eval.n_samples_per_prompt),
+          max_concurrency=int(self.config.rollout.max_concurrent_workflows),
+          seed=int(self.config.seed),
+          results_path=os.path.join(out_dir, f"step{step:06d}_{name}.json")))
+      log.info("eval %s at step %d (%.1f s): %s", name, step, time.perf_counter() - t0,
+               json.dumps({k: round(v, 4) for k, v in sorted(report.scalars().items())[:12]}))
       scalars.update(report.scalars())
     self.writer.scalars(step, scalars)
     return scalars
@@ -261,15 +288,15 @@ class Trainer:
                     "data/epoch": float(self.data_state["epoch"])})
     metrics.update(self.coach_stats.to_scalars())
     self.coach_stats.reset()  # statistics are per step (evaluation calls count in the next)
-    self.writer.scalars(self.step, metrics)
-    self._log_samples(trajs)
+    if self.step % int(self.config.logging.every_steps) == 0:
+      self.writer.scalars(self.step, metrics)
+      self._log_samples(trajs)
     return metrics
 
   def train(self) -> dict[str, float]:
     """Runs (or resumes) to `train.num_steps`; returns the last step's scalars."""
     self._restore()
     cfg = self.config
-    self.writer.hparams({k: v for k, v in _flat(cfg).items()})
     if cfg.eval.at_start and self.step == 0 and cfg.eval.every_steps:
       self.evaluate(0)
     metrics: dict[str, float] = {}
@@ -300,9 +327,19 @@ class Trainer:
     self.sandbox.close()
 
 
-def _flat(config: ml_collections.ConfigDict) -> dict[str, Any]:
-  from mappa_jax.config import flatten  # pylint: disable=g-import-not-at-top
-  return flatten(config)
+def _like(state, restored: dict):
+  """Puts restored leaves (plain containers from Orbax) back into `state`'s structure
+  (nnx.State params, optax state), field by field, checking shapes."""
+  fields = {}
+  for f in dataclasses.fields(state):
+    current = getattr(state, f.name)
+    leaves = jax.tree.leaves(restored[f.name])
+    old = jax.tree.leaves(current)
+    if len(leaves) != len(old) or any(np.shape(a) != np.shape(b) for a, b in zip(leaves, old)):
+      raise ValueError(f"checkpoint: {f.name} does not match the model (different architecture "
+                       "or optimizer settings than the run that wrote it?)")
+    fields[f.name] = jax.tree.unflatten(jax.tree.structure(current), leaves)
+  return type(state)(**fields)
 
 
 def _summary(metrics: dict[str, float]) -> str:

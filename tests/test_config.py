@@ -192,8 +192,8 @@ def test_saved_python_config_rebuilds_the_same_config(tmp_path, hf_dir):
   assert rebuilt.to_dict() == config.to_dict()
   mconfig.validate(rebuilt)
   # None fields stay typed placeholders, so the saved config is still overridable.
-  again = mconfig.load_config(paths.python_path, ["rl.kl_clamp=5.0"])
-  assert again.rl.kl_clamp == 5.0
+  again = mconfig.load_config(paths.python_path, ["rl.dual_clip=3.0"])
+  assert again.rl.dual_clip == 3.0
 
 
 def test_flatten_lists_every_leaf():

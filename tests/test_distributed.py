@@ -67,7 +67,10 @@ def test_two_processes_form_one_runtime():
     for proc in procs:
       out, err = proc.communicate(timeout=120)
       assert proc.returncode == 0, err[-2000:]
-      infos.append(json.loads(out.strip().splitlines()[-1]))
+      # Gloo may print connection notices on stdout after our JSON line.
+      lines = [l for l in out.splitlines() if l.startswith("{")]
+      assert lines, out[-2000:]
+      infos.append(json.loads(lines[-1]))
   finally:
     for proc in procs:
       if proc.poll() is None:

@@ -1,5 +1,4 @@
 """launch/run.py end to end, as a user runs it (real subprocesses)."""
-import importlib.util
 import json
 import os
 import subprocess
@@ -62,11 +61,54 @@ def test_setup_only_writes_config_run_info_and_tensorboard_run(tmp_path):
   assert "Process 0/1" in result.stderr
 
 
-@pytest.mark.skipif(importlib.util.find_spec("mappa_jax.train") is not None,
-                    reason="the trainer exists: run.py hands over to it")
+_WITHOUT_TRAINER = """
+import runpy, sys
+class HideTrainer:  # as if mappa_jax/train.py did not exist yet
+  def find_spec(self, name, path=None, target=None):
+    if name == "mappa_jax.train":
+      raise ModuleNotFoundError("No module named 'mappa_jax.train'", name=name)
+sys.meta_path.insert(0, HideTrainer())
+sys.argv = sys.argv[1:]
+runpy.run_path(sys.argv[0], run_name="__main__")
+"""
+
+
 def test_without_trainer_it_stops_after_setup_and_says_so(tmp_path):
-  result = _run("--config=experiments/dsbench.py", f"--workdir={tmp_path}")
+  env = {**os.environ, "JAX_PLATFORMS": "cpu", "CI": "true"}
+  result = subprocess.run([sys.executable, "-c", _WITHOUT_TRAINER, RUN,
+                           "--config=experiments/dsbench.py", f"--workdir={tmp_path}"],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
   assert result.returncode == 0, result.stderr
   assert "not available yet" in result.stderr and "nothing was trained" in result.stderr
   assert (tmp_path / "config.json").exists()
   assert not (tmp_path / "checkpoints").exists()
+
+
+def test_two_process_launch_initialises_jax_distributed(tmp_path):
+  """Both processes join one runtime; only process 0 writes the run files."""
+  import socket  # pylint: disable=g-import-not-at-top
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+  workdir = tmp_path / "work"
+  procs = []
+  for pid in range(2):
+    env = {**os.environ, "JAX_PLATFORMS": "cpu", "CI": "true",
+           "XLA_FLAGS": "--xla_force_host_platform_device_count=2",
+           "MAPPA_COORDINATOR_ADDRESS": f"127.0.0.1:{port}", "MAPPA_NUM_PROCESSES": "2",
+           "MAPPA_PROCESS_ID": str(pid)}
+    procs.append(subprocess.Popen(
+        [sys.executable, RUN, "--config=experiments/mathchat.py", f"--workdir={workdir}",
+         "--setup_only"], cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        text=True))
+  try:
+    outputs = [p.communicate(timeout=180) for p in procs]
+  finally:
+    for p in procs:
+      if p.poll() is None:
+        p.kill()
+  for p, (_, err) in zip(procs, outputs):
+    assert p.returncode == 0, err[-3000:]
+  assert "Process 0/2" in outputs[0][1] and "Process 1/2" in outputs[1][1]
+  info = json.loads((workdir / "run_info.json").read_text())
+  assert info["process_count"] == 2 and info["device_count"] == 4

@@ -60,7 +60,11 @@ _TOOL_CALLS = """
         {%- if call.function is defined %}{%- set call = call.function %}{%- endif %}
         {%- if (loop.first and content) or not loop.first %}{{- '\\n' }}{%- endif %}
         {{- '<tool_call>\\n{"name": "' + call.name + '", "arguments": ' }}
-        {%- if call.arguments is string %}{{- call.arguments }}{%- else %}{{- call.arguments | tojson }}{%- endif %}
+        {%- if call.arguments is string %}
+          {{- call.arguments }}
+        {%- else %}
+          {{- call.arguments | tojson }}
+        {%- endif %}
         {{- '}\\n</tool_call>' }}
       {%- endfor %}
     {%- endif %}
@@ -68,9 +72,13 @@ _TOOL_CALLS = """
 
 _TOOL_TURN = """
   {%- elif message.role == 'tool' %}
-    {%- if loop.first or messages[loop.index0 - 1].role != 'tool' %}{{- '<|im_start|>user' }}{%- endif %}
+    {%- if loop.first or messages[loop.index0 - 1].role != 'tool' %}
+      {{- '<|im_start|>user' }}
+    {%- endif %}
     {{- '\\n<tool_response>\\n' + content + '\\n</tool_response>' }}
-    {%- if loop.last or messages[loop.index0 + 1].role != 'tool' %}{{- '<|im_end|>\\n' }}{%- endif %}
+    {%- if loop.last or messages[loop.index0 + 1].role != 'tool' %}
+      {{- '<|im_end|>\\n' }}
+    {%- endif %}
   {%- else %}
     {{- raise_exception('Unknown message role: ' + message.role) }}
   {%- endif %}
@@ -83,7 +91,8 @@ QWEN3_THINKING_TEMPLATE = ("{%- set DEFAULT_SYSTEM = '' %}" + _SYSTEM_AND_TOOLS 
 {%- set ns = namespace(last_query=-1) %}
 {%- for message in messages %}
   {%- if message.role == 'user' and message.content is string
-        and not (message.content.startswith('<tool_response>') and message.content.endswith('</tool_response>')) %}
+        and not (message.content.startswith('<tool_response>')
+                 and message.content.endswith('</tool_response>')) %}
     {%- set ns.last_query = loop.index0 %}
   {%- endif %}
 {%- endfor %}
@@ -101,7 +110,8 @@ QWEN3_THINKING_TEMPLATE = ("{%- set DEFAULT_SYSTEM = '' %}" + _SYSTEM_AND_TOOLS 
       {%- set content = content.split('</think>')[-1].lstrip('\\n') %}
     {%- endif %}
     {%- if loop.index0 > ns.last_query %}
-      {{- '<|im_start|>assistant\\n<think>\\n' + reasoning.strip('\\n') + '\\n</think>\\n\\n' + content.lstrip('\\n') }}
+      {{- '<|im_start|>assistant\\n<think>\\n' + reasoning.strip('\\n') + '\\n</think>\\n\\n' }}
+      {{- content.lstrip('\\n') }}
     {%- else %}
       {{- '<|im_start|>assistant\\n' + content }}
     {%- endif %}

@@ -200,7 +200,10 @@ class Embedding(nnx.Module):
     self.dtype = cfg.jnp_dtype
 
   def __call__(self, tokens: Array) -> Array:
-    return jnp.take(self.embedding[...], tokens, axis=0).astype(self.dtype)
+    # Gather the fsdp-sharded hidden dim first: a lookup from a table split along H cannot be
+    # resharded to batch-sharded activations without XLA replicating the whole table.
+    table = shd.constrain(self.embedding[...], ("act_vocab", None))
+    return jnp.take(table, tokens, axis=0).astype(self.dtype)
 
 
 class DecoderLayer(nnx.Module):

@@ -19,7 +19,7 @@ import re
 import shutil
 import uuid
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any, Mapping
 
 import jax
 import numpy as np
@@ -199,6 +199,8 @@ def load_hf(model_dir: str | os.PathLike, *, mesh: Mesh | None = None, param_dty
   """
   model_dir = Path(model_dir)
   overrides = dict(config_overrides)
+  param_dtype = param_dtype or None  # '' (an unset config field) means "the checkpoint's"
+  dtype = dtype or None
   if param_dtype is not None:
     overrides["param_dtype"] = str(np.dtype(param_dtype)) if not isinstance(param_dtype, str) \
         else param_dtype
@@ -303,6 +305,11 @@ def export_hf(model: Decoder, out_dir: str | os.PathLike, *,
             for m in maps}
   shards = _plan_shards(maps, nbytes, max_shard_bytes)
 
+  if jax.process_index() != 0:
+    # Multi-host: every process joins the per-tensor gathers; process 0 writes.
+    for m in maps:
+      _host_array(values[m.nnx_path][...])
+    return out_dir
   out_dir.parent.mkdir(parents=True, exist_ok=True)
   tmp = out_dir.parent / f".{out_dir.name}.tmp-{uuid.uuid4().hex[:8]}"
   tmp.mkdir()

@@ -93,7 +93,8 @@ class Tokenizer:
 
   @classmethod
   def from_dir(cls, model_dir: str | pathlib.Path) -> "Tokenizer":
-    """Loads tokenizer.json + tokenizer_config.json (+ chat_template.jinja, generation_config.json)."""
+    """Loads tokenizer.json + tokenizer_config.json (+ chat_template.jinja, generation_config.json
+    when present)."""
     model_dir = pathlib.Path(model_dir)
     tok_path, cfg_path = model_dir / "tokenizer.json", model_dir / "tokenizer_config.json"
     for path in (tok_path, cfg_path):

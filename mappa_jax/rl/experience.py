@@ -95,6 +95,20 @@ class ExperienceConfig:
   pack: bool = False
   max_strata: int = 8
 
+  @classmethod
+  def from_config(cls, section) -> "ExperienceConfig":
+    """From an ml_collections section; unknown keys are an error, missing ones default."""
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = set(section.keys()) - names
+    if unknown:
+      raise ValueError(f"unknown experience config fields {sorted(unknown)}; known: "
+                       f"{sorted(names)}")
+    values = {k: section[k] for k in section.keys()}
+    for k in ("token_buckets", "batch_buckets", "reward_clip"):
+      if k in values:
+        values[k] = tuple(values[k])
+    return cls(**values)
+
   def __post_init__(self):
     if not self.token_buckets or list(self.token_buckets) != sorted(self.token_buckets):
       raise ValueError(f"token_buckets must be a non-empty ascending tuple, got "

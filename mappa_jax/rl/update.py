@@ -22,6 +22,7 @@ import flax.struct
 from flax import nnx
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
 import optax
 
@@ -349,6 +350,14 @@ def _update_body(graphdef, tx, cfg: UpdateConfig, state: TrainState, ref_params,
   return new_state, metrics
 
 
+def _check_not_packed(batch: TrainBatch) -> None:
+  """The Decoder's attention has no segment mask, so packed rows would attend across samples."""
+  seg = batch.segment_ids
+  if getattr(seg, "is_fully_addressable", True) and int(np.max(np.asarray(seg))) > 1:
+    raise ValueError("packed TrainBatch (segment_ids > 1) but the Decoder has no segment-aware "
+                     "attention: build it with ExperienceConfig(pack=False)")
+
+
 def make_update_step(graphdef, cfg: UpdateConfig, *, mesh=None) -> Callable:
   """-> step(state, ref_params, batch, rng, pooled_stats=None) -> (state, metrics).
 
@@ -364,12 +373,14 @@ def make_update_step(graphdef, cfg: UpdateConfig, *, mesh=None) -> Callable:
     jitted = jax.jit(body, donate_argnums=(0,))
 
     def step(state, ref_params, batch, rng, pooled_stats=None):
+      _check_not_packed(batch)
       return jitted(state, ref_params, batch, rng, pooled_stats)
 
     return step
   cache: dict = {}
 
   def step(state, ref_params, batch, rng, pooled_stats=None):
+    _check_not_packed(batch)
     key = jax.tree.map(lambda x: (x.shape, str(x.dtype)), (batch, pooled_stats))
     key = str(key)
     if key not in cache:

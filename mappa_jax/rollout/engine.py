@@ -22,7 +22,6 @@ import asyncio
 import concurrent.futures
 import dataclasses
 import logging
-import time
 from typing import Any, Mapping, Sequence
 
 import numpy as np
@@ -225,18 +224,10 @@ class InProcessEngine:
     return await fut
 
   async def _collect(self, a: _Agent) -> list[_Request]:
-    """One batch: the first request, then whatever joins within the window (or is queued)."""
-    first = await a.queue.get()
-    batch = [first]
-    deadline = self._loop.time() + self.config.batch_window_s
-    while len(batch) < self.config.max_batch_size:
-      remaining = deadline - self._loop.time()
-      if remaining <= 0:
-        break
-      try:
-        batch.append(await asyncio.wait_for(a.queue.get(), remaining))
-      except asyncio.TimeoutError:
-        break
+    """One batch: the first request, plus whatever is queued once the window has passed."""
+    batch = [await a.queue.get()]
+    if self.config.batch_window_s > 0 and a.queue.qsize() + 1 < self.config.max_batch_size:
+      await asyncio.sleep(self.config.batch_window_s)  # let concurrent callers join
     while len(batch) < self.config.max_batch_size and not a.queue.empty():
       batch.append(a.queue.get_nowait())
     return batch

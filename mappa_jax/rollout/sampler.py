@@ -72,7 +72,8 @@ def _top_k_top_p_filter(logits: Array, top_k: Array, top_p: Array) -> Array:
   desc = jnp.where(ranks < k, desc, -jnp.inf)
   probs = jax.nn.softmax(desc, axis=-1)
   mass_before = jnp.cumsum(probs, axis=-1) - probs
-  keep = (ranks < k) & (mass_before < top_p[:, None])
+  # top_p == 1 keeps everything (rounding can push the cumulative mass of the tail past 1).
+  keep = (ranks < k) & ((mass_before < top_p[:, None]) | (top_p[:, None] >= 1.0))
   num_kept = jnp.maximum(jnp.sum(keep, axis=-1), 1)
   threshold = jnp.take_along_axis(desc, (num_kept - 1)[:, None], axis=-1)  # [B, 1]
   return jnp.where(logits >= threshold, logits, -jnp.inf)
@@ -90,9 +91,11 @@ def _choose_tokens(logits: Array, step: Array, keys: Array, temperature: Array, 
   logp = jax.nn.log_softmax(scaled, axis=-1)
   suppress = (step < min_new)[:, None] & stop_mask
   allowed = jnp.where(suppress, -jnp.inf, scaled)
-  needs_filter = jnp.any(~greedy & ((top_k > 0) | (top_p < 1.0)))
-  filtered = jax.lax.cond(needs_filter, _top_k_top_p_filter, lambda x, *_: x,
+  row_filters = ~greedy & ((top_k > 0) | (top_p < 1.0))
+  # Skip the sort when no row truncates; rows that do not truncate keep their logits exactly.
+  filtered = jax.lax.cond(jnp.any(row_filters), _top_k_top_p_filter, lambda x, *_: x,
                           allowed, top_k, top_p)
+  filtered = jnp.where(row_filters[:, None], filtered, allowed)
   step_keys = jax.vmap(jax.random.fold_in, in_axes=(0, None))(keys, step)
   sampled = jax.vmap(jax.random.categorical)(step_keys, filtered)
   tokens = jnp.where(greedy, jnp.argmax(allowed, axis=-1), sampled).astype(jnp.int32)

@@ -17,6 +17,7 @@ import asyncio
 import dataclasses
 import itertools
 import logging
+import time
 from typing import Any, Mapping, Sequence
 
 import httpx
@@ -65,6 +66,8 @@ class SGLangEngineConfig:
     abort_all_requests: passed to /update_weights_from_disk.
     push_format: which copy of a published version the servers load: 'hf' (the safetensors
       export; what real SGLang reads) or 'orbax' (the Orbax checkpoint; our server only).
+    server_cooldown_s: after a transient failure a server gets no new requests for this long
+      while the agent has other servers (then it is tried again).
   """
   request_timeout_s: float = 600.0
   connect_timeout_s: float = 10.0
@@ -75,6 +78,7 @@ class SGLangEngineConfig:
   pause_mode: str | None = None
   abort_all_requests: bool = False
   push_format: str = "hf"
+  server_cooldown_s: float = 5.0
 
   def __post_init__(self):
     if self.push_format not in ("hf", "orbax"):
@@ -201,7 +205,7 @@ class SGLangEngine:
     self._client: httpx.AsyncClient | None = None
     self._client_loop: asyncio.AbstractEventLoop | None = None
     self._in_flight = {u: 0 for urls in self._servers.values() for u in urls}
-    self._failures = {u: 0 for u in self._in_flight}
+    self._down_until = {u: 0.0 for u in self._in_flight}  # time.monotonic() deadlines
     self._round_robin = {agent: itertools.count() for agent in self._servers}
     self._running: asyncio.Event | None = None
 
@@ -252,8 +256,12 @@ class SGLangEngine:
     urls = self.servers(agent)
     start = next(self._round_robin[agent]) % len(urls)
     rotated = urls[start:] + urls[:start]
-    # Healthy servers first, then fewest in flight; rotation breaks ties.
-    return min(rotated, key=lambda u: (self._failures[u] > 0, self._in_flight[u]))
+    now = time.monotonic()
+    # Servers not cooling down after a failure first, then fewest in flight; rotation breaks ties.
+    return min(rotated, key=lambda u: (self._down_until[u] > now, self._in_flight[u]))
+
+  def _mark_failed(self, url: str) -> None:
+    self._down_until[url] = time.monotonic() + self.config.server_cooldown_s
 
   def _backoff(self, attempt: int) -> float:
     c = self.config
@@ -283,20 +291,20 @@ class SGLangEngine:
       try:
         resp = await client.post(f"{url}/generate", json=payload)
       except httpx.TransportError as e:  # connect errors, timeouts, dropped connections
-        self._failures[url] += 1
+        self._mark_failed(url)
         errors.append(f"{url}: {type(e).__name__}: {e}")
         continue
       finally:
         self._in_flight[url] -= 1
       if resp.status_code in _RETRY_STATUS:
-        self._failures[url] += 1
+        self._mark_failed(url)
         errors.append(f"{url}: HTTP {resp.status_code}: {resp.text[:200]}")
         continue
       if resp.status_code >= 400:
         raise SGLangRequestError(
             f"{url}/generate rejected the request for agent {agent!r} "
             f"(HTTP {resp.status_code}): {resp.text[:500]}")
-      self._failures[url] = 0
+      self._down_until[url] = 0.0
       reply = resp.json()
       if isinstance(reply, list):  # a batch reply to a single request: protocol drift
         raise SGLangProtocolError(f"{url}/generate returned a list for a single input_ids")

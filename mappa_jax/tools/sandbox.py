@@ -35,6 +35,7 @@ import os
 import resource
 import shutil
 import signal
+import subprocess
 import sys
 import tempfile
 import time
@@ -248,7 +249,6 @@ def _interpreter_paths(python: str) -> list[str]:
   if os.path.abspath(python) == os.path.abspath(sys.executable):
     prefixes = {sys.prefix, sys.base_prefix, sys.exec_prefix, sys.base_exec_prefix}
   else:
-    import subprocess  # pylint: disable=g-import-not-at-top
     out = subprocess.run([python, "-c", "import sys,json;print(json.dumps([sys.prefix,"
                           "sys.base_prefix,sys.exec_prefix,sys.base_exec_prefix]))"],
                          capture_output=True, text=True, timeout=60, check=True)
@@ -256,6 +256,14 @@ def _interpreter_paths(python: str) -> list[str]:
   prefixes.add(os.path.dirname(os.path.abspath(python)))
   prefixes.add(os.path.dirname(os.path.realpath(python)))
   return sorted(p for p in prefixes if p and not p.startswith("/usr/"))
+
+
+def _bwrap_supports(bwrap: str, flag: str) -> bool:
+  try:
+    out = subprocess.run([bwrap, "--help"], capture_output=True, text=True, timeout=30)
+  except (OSError, subprocess.SubprocessError):
+    return False
+  return flag in out.stdout + out.stderr
 
 
 def _env(workdir: str) -> dict[str, str]:
@@ -300,6 +308,7 @@ class Sandbox:
     self._tmp = Path(tempfile.mkdtemp(prefix="mappa_sandbox_"))
     self._finalizer = weakref.finalize(self, shutil.rmtree, str(self._tmp), True)
     self._ro_paths = _interpreter_paths(self.python) if backend == "bwrap" else []
+    self._disable_userns = backend == "bwrap" and _bwrap_supports(bwrap, "--disable-userns")
     self._count = itertools.count()
 
   @classmethod
@@ -321,6 +330,8 @@ class Sandbox:
   def _bwrap_argv(self, workspace: Path, script: Path, limits: SandboxLimits) -> list[str]:
     argv = [self._bwrap, "--unshare-all", "--die-with-parent", "--new-session",
             "--cap-drop", "ALL", "--hostname", "sandbox", "--clearenv"]
+    if self._disable_userns:  # no nested user namespaces (as root --unshare-all skips userns)
+      argv += ["--unshare-user", "--disable-userns"]
     for k, v in _env(SANDBOX_WORKDIR).items():
       argv += ["--setenv", k, v]
     for p in _SYSTEM_PATHS:

@@ -164,8 +164,8 @@ class Workflow:
                       response_ids=response, rollout_logprobs=list(comp.logprobs),
                       finish_reason=comp.finish_reason, weight_version=comp.weight_version,
                       text=text, timings={"generate": t_gen})
-      parsed = (code_blocks.parse_action(
-          text, include_thinking=self.options.execute_code_in_thinking)
+      parsed = (code_blocks.parse_action(tok.strip_special_text(text),
+                                         include_thinking=self.options.execute_code_in_thinking)
                 if "python" in spec.tools else code_blocks.ParsedAction())
       if parsed.wants_tools:
         t1 = time.monotonic()

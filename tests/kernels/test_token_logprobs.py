@@ -76,3 +76,22 @@ def test_bad_input_names_the_problem(inputs):
     token_logprobs(h, w, t, impl="triton")
   with pytest.raises(ValueError, match="shape mismatch"):
     token_logprobs(h, w[:5], t)
+
+
+def test_decoder_hidden_and_head_match_full_logits():
+  """Issue 3 item 7: chunked logprobs from Decoder hidden states == log_softmax(model.logits)."""
+  from flax import nnx
+  from mappa_jax.models.config import ModelConfig
+  from mappa_jax.models.decoder import Decoder
+  mc = ModelConfig.preset("tiny-qwen2", vocab_size=96, hidden_size=32, intermediate_size=64,
+                          num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=1,
+                          head_dim=16)
+  model = Decoder(mc, rngs=nnx.Rngs(1))
+  tokens = jax.random.randint(jax.random.key(0), (2, 9), 0, 96)
+  positions = jnp.broadcast_to(jnp.arange(9), (2, 9))
+  hidden, _ = model(tokens, positions)
+  want = jnp.take_along_axis(jax.nn.log_softmax(model.logits(hidden[:, :-1])),
+                             tokens[:, 1:, None], -1)[..., 0]
+  got, _ = token_logprobs(hidden[:, :-1].reshape(-1, 32), model.lm_head_kernel(),
+                          tokens[:, 1:].reshape(-1), chunk_size=5)
+  np.testing.assert_allclose(got.reshape(2, 8), want, atol=1e-5)

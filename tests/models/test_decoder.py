@@ -199,3 +199,19 @@ def test_from_hf_missing_field_and_file(tmp_path):
     ModelConfig.from_hf(raw)
   with pytest.raises(FileNotFoundError, match="config.json"):
     ModelConfig.from_hf(tmp_path)
+
+
+def test_model_bench_prints_its_table(capsys):
+  import importlib.util
+  import pathlib
+  path = pathlib.Path(__file__).resolve().parents[2] / "benchmarks" / "model_bench.py"
+  spec = importlib.util.spec_from_file_location("model_bench", path)
+  bench = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(bench)
+  assert bench.main(["--preset=tiny-qwen2", "--batch=2", "--seq_len=16", "--steps=1",
+                     "--prompt_len=4", "--decode_tokens=4", "--skip=sampler",
+                     "--num_devices=1"]) == 0
+  out = capsys.readouterr().out
+  for row in ("train tokens/s", "train MFU", "decode tokens/s (model)"):
+    assert row in out
+  assert "n/a" in out  # CPU: no peak FLOP/s entry

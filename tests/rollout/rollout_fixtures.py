@@ -6,7 +6,6 @@ these tests compiles exactly one program: prompt bucket 64, decode bucket 8, bat
 from __future__ import annotations
 
 import asyncio
-import threading
 from pathlib import Path
 
 import pytest
@@ -33,17 +32,3 @@ def tiny_dirs(tmp_path_factory) -> dict[str, Path]:
 def run(coro):
   """Runs a coroutine on a fresh event loop (no pytest-asyncio in this project)."""
   return asyncio.run(coro)
-
-
-class Thread(threading.Thread):
-  """A thread whose exception is re-raised by join_or_raise()."""
-
-  def __init__(self, fn):
-    super().__init__(daemon=True)
-    self.fn, self.error = fn, None
-
-  def run(self):
-    try:
-      self.fn()
-    except BaseException as e:  # pylint: disable=broad-except
-      self.error = e

@@ -152,6 +152,11 @@ def test_seeded_reproducible_and_independent_of_batch(qwen3):
   batch = sampler.generate([PROMPTS[1] * 2, PROMPTS[2], PROMPTS[0]], sp, seeds=[3, 4, 7])
   assert batch[2].token_ids == alone.token_ids
   np.testing.assert_allclose(batch[2].logprobs, alone.logprobs, atol=1e-5)
+  # Next to rows with other settings (a top-k row, a greedy row): still the same output.
+  mixed = sampler.generate([PROMPTS[1], PROMPTS[0], PROMPTS[2]],
+                           [dataclasses.replace(sp, top_k=5, top_p=1.0), sp,
+                            dataclasses.replace(sp, temperature=0.0)], seeds=[1, 7, 2])
+  assert mixed[1].token_ids == alone.token_ids
   other = sampler.generate([PROMPTS[0]], sp, seeds=[8])[0]
   assert other.token_ids != alone.token_ids
   # The seed can also come from SamplingParams.
@@ -174,6 +179,7 @@ def test_top_k_and_top_p_truncate_the_distribution(qwen3):
       assert tok in top3
 
 
+@pytest.mark.slow
 def test_bounded_compilations_and_set_params():
   # A 1-layer model: an architecture no other test compiled programs for.
   model = make_model("tiny-qwen3", 4, num_hidden_layers=1)
@@ -242,3 +248,13 @@ def test_from_config_reads_buckets(qwen3):
   sp = SamplingParams(max_new_tokens=8, temperature=0.0)
   assert built.generate(PROMPTS, sp) == sampler.generate(PROMPTS, sp)
   assert built.num_traces == 0  # shares the compiled program of the fixture's sampler
+
+
+def test_more_prompts_than_the_largest_batch_bucket(qwen3):
+  _, sampler, _ = qwen3
+  sp = SamplingParams(max_new_tokens=10, temperature=1.0)
+  outs = sampler.generate(PROMPTS * 2, sp, seeds=[1, 2, 3, 4, 5, 6])  # chunks of 4 + 2
+  assert len(outs) == 6
+  again = sampler.generate([PROMPTS[1], PROMPTS[2], PROMPTS[0], PROMPTS[0]], sp,
+                           seeds=[5, 6, 4, 1])
+  assert [o.token_ids for o in again] == [outs[i].token_ids for i in (4, 5, 3, 0)]

@@ -241,6 +241,27 @@ def test_unreachable_server_errors_and_failover(servers):
   assert not health["ok"] and health["agents"]["solver"][servers.urls[1]]["ok"]
 
 
+def test_failed_server_cools_down_then_gets_traffic_again(servers):
+  cfg = SGLangEngineConfig(max_retries=2, backoff_initial_s=0.01, server_cooldown_s=2.0)
+  engine = SGLangEngine({"solver": servers.urls}, config=cfg)
+  servers.fakes[0].script = ["500"]
+  sp = SamplingParams(max_new_tokens=2, seed=0)
+
+  async def main():
+    await engine.generate("solver", [1], sp)  # s0 answers 500, the retry lands on s1
+    for _ in range(4):  # s0 is cooling down: everything goes to s1
+      await engine.generate("solver", [1], sp)
+    cooled = [len(f.requests) for f in servers.fakes]
+    await asyncio.sleep(2.1)
+    for _ in range(4):  # back in the rotation
+      await engine.generate("solver", [1], sp)
+    return cooled, [len(f.requests) for f in servers.fakes]
+
+  cooled, after = run(main())
+  assert cooled == [1, 5]
+  assert after == [3, 7]
+
+
 def test_timeouts_are_retried_then_reported(servers):
   cfg = SGLangEngineConfig(max_retries=1, backoff_initial_s=0.01, request_timeout_s=0.5)
   engine = SGLangEngine({"solver": [servers.urls[0]]}, config=cfg)

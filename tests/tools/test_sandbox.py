@@ -165,6 +165,19 @@ def test_cannot_write_outside_workspace(box, ws, tmp_path):
       (Path("/tmp") / "scratch.txt").read_text() != "private tmpfs is fine"
 
 
+def test_no_capabilities_and_no_nested_namespaces(box, ws):
+  r = run(box, """
+      import ctypes, os
+      libc = ctypes.CDLL(None, use_errno=True)
+      print('userns', libc.unshare(0x10000000), ctypes.get_errno())   # CLONE_NEWUSER
+      print('mount', libc.mount(b'none', b'/usr', b'tmpfs', 0, None), ctypes.get_errno())
+      print(open('/proc/self/status').read().split('CapEff:')[1].split()[0])
+      """, ws)
+  lines = r.stdout.split("\n")
+  assert lines[0].split()[1] == "-1" and lines[1].split()[1] == "-1", r.stdout + r.stderr
+  assert lines[2] == "0000000000000000"
+
+
 def test_fork_bomb_is_capped_by_pids_cgroup(box, ws):
   assert sbx._PidsCgroup.parent() is not None, "no pids cgroup: process count unbounded"
   r = run(box, """

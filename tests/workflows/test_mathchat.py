@@ -6,8 +6,8 @@ import pytest
 
 from mappa_jax.data.loaders import Task
 from mappa_jax.rollout.types import SamplingParams
-from mappa_jax.workflows.base import LoopOptions
-from mappa_jax.workflows.mathchat import MathChatConfig, MathChatWorkflow
+from mappa_jax.workflows.base import LoopOptions, dataclass_from_config
+from mappa_jax.workflows.mathchat import MathChatConfig, MathChatWorkflow, mathchat_agents
 from mappa_jax.workflows.scripted import ScriptedEngine
 from tests.workflows.conftest import RecordingCoach
 
@@ -141,3 +141,18 @@ def test_slow_tool_never_blocks_other_trajectories(tokenizer, sandbox):
   # a blocking tool call would have held them until after `end`.
   assert all(done_at[t.task_id] < end for t in fast_tasks), (end, done_at)
   assert done_at["s"] > end
+
+
+def test_empty_action_gets_an_error_turn(tokenizer, sandbox):
+  wf, engine, coach = make(tokenizer, sandbox, script=dict(SCRIPT, code_executor=["", CE_DONE]))
+  traj = asyncio.run(wf.run(TASK))
+  ce0, ce1 = traj.actions_of("code_executor")
+  assert ce0.tool_calls == [] and ce0.tool_observation.startswith("<error>empty action")
+  assert "<error>empty action" in tokenizer.decode(ce1.prompt_ids)
+
+
+def test_config_sections():
+  cfg = dataclass_from_config(MathChatConfig, {"executor_max_turns": 3})
+  assert [a.max_turns for a in mathchat_agents(cfg)] == [1, 3, 1]
+  with pytest.raises(ValueError, match="unknown config field"):
+    dataclass_from_config(MathChatConfig, {"executor_turns": 3})
