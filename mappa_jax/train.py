@@ -233,8 +233,10 @@ class Trainer:
     pooled = self._pooled_stats(batches)
     for agent, batch in batches.items():
       self.rng, key = jax.random.split(self.rng)
-      self.states[agent], m = self.step_fns[agent](self.states[agent], self.ref_params, batch,
-                                                   key, pooled)
+      # Activation sharding constraints apply while the step is traced (first call per shape).
+      with sharding.activation_sharding(self.mesh):
+        self.states[agent], m = self.step_fns[agent](self.states[agent], self.ref_params, batch,
+                                                     key, pooled)
       metrics.update({f"train/{agent}/{k}": float(v) for k, v in jax.device_get(m).items()})
       self.loop.run_until_complete(
           self.engine.publish(agent, self.states[agent].params, self.step))
