@@ -133,9 +133,7 @@ class Trainer:
                            config=InProcessEngineConfig(seed=int(self.config.seed)))
 
   def _restore(self) -> None:
-    target = {a: dataclasses.asdict(s) if dataclasses.is_dataclass(s) else s
-              for a, s in self.states.items()}
-    restored = self.checkpoints.restore(agents_target=target)
+    restored = self.checkpoints.restore(agents_target=self._checkpoint_state())
     if restored is None:
       return
     for agent in self.agents:
@@ -317,7 +315,9 @@ class Trainer:
     return metrics
 
   def _checkpoint_state(self) -> dict[str, Any]:
-    return {a: dataclasses.asdict(s) if dataclasses.is_dataclass(s) else s
+    # Shallow: {agent: {'params', 'opt_state', 'step'}} referencing the live arrays
+    # (dataclasses.asdict would deep-copy every buffer).
+    return {a: {f.name: getattr(s, f.name) for f in dataclasses.fields(s)}
             for a, s in self.states.items()}
 
   def close(self) -> None:

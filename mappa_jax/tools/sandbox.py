@@ -339,11 +339,13 @@ class Sandbox:
         argv += ["--symlink", os.readlink(p), p]
       elif os.path.isdir(p):
         argv += ["--ro-bind", p, p]
+    argv += ["--proc", "/proc", "--dev", "/dev",
+             "--size", str(limits.tmp_size_bytes), "--tmpfs", "/tmp"]
+    # After the private /tmp: an interpreter installed under /tmp (a checkout there with its
+    # .venv) must stay visible instead of being hidden by the tmpfs.
     for p in self._ro_paths:
       argv += ["--ro-bind", p, p]
-    argv += ["--proc", "/proc", "--dev", "/dev",
-             "--size", str(limits.tmp_size_bytes), "--tmpfs", "/tmp",
-             "--bind", str(workspace), SANDBOX_WORKDIR,
+    argv += ["--bind", str(workspace), SANDBOX_WORKDIR,
              "--ro-bind", str(script), _SCRIPT_PATH,
              "--remount-ro", "/",  # bwrap's own root (mount points) read-only too
              "--chdir", SANDBOX_WORKDIR,

@@ -158,9 +158,12 @@ def test_cannot_write_outside_workspace(box, ws, tmp_path):
           print('denied', p)
       open('/tmp/scratch.txt', 'w').write('private tmpfs is fine')
       """, ws)
-  assert r.stdout.count("denied") == len(targets), r.stdout
   for p in targets:
-    assert not os.path.exists(p)
+    assert not os.path.exists(p)  # the host is unchanged, whatever the sandbox saw
+    # Under /tmp the sandbox has its own scratch tmpfs (a checkout under /tmp appears there as
+    # mount-point directories); everywhere else the write itself must be refused.
+    if not p.startswith("/tmp/"):
+      assert f"denied {p}" in r.stdout, r.stdout
   assert not (Path("/tmp") / "scratch.txt").exists() or \
       (Path("/tmp") / "scratch.txt").read_text() != "private tmpfs is fine"
 
