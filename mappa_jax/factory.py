@@ -5,6 +5,7 @@ effect. The Trainer (mappa_jax/train.py) owns lifecycles; this module only const
 """
 from __future__ import annotations
 
+import json
 import logging
 import math
 import os
@@ -57,7 +58,12 @@ def build_tasks(config: ml_collections.ConfigDict, workdir: str
       return train, {"synthetic": evals}
     from mappa_jax.data import dsbench, dsbench_suite
     root = os.path.join(workdir, "dsbench_suite")
-    info = dsbench_suite.build(root)
+    manifest = os.path.join(root, "manifest.json")
+    if os.path.exists(manifest):  # built by an earlier run of this workdir (deterministic)
+      with open(manifest, encoding="utf-8") as f:
+        info = json.load(f)
+    else:
+      info = dsbench_suite.build(root)
     tasks = dsbench.load_dsbench_tasks(root, info["tasks_file"])
     eval_ids = set(info.get("eval_task_ids", ()))
     train = [t for t in tasks if t.task_id not in eval_ids][:int(data.synthetic.n_train)]

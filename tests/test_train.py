@@ -76,3 +76,22 @@ def test_train_then_resume(tmp_path):
   steps = {s for s, _ in scalars["train/problem_solver/loss"]}
   assert steps == {1, 2}
   assert 0 in {s for tag, v in scalars.items() if tag.startswith("eval/") for s, _ in v}
+
+
+def test_dsbench_step_on_the_offline_suite(tmp_path):
+  """One DSBench step: suite built into the workdir, real workspaces, every agent updated."""
+  workdir = str(tmp_path / "ds")
+  config = mconfig.validate(mconfig.load_config("experiments/dsbench.py:local", overrides=(
+      "--config.train.num_steps=1", "--config.rollout.rollout_batch_size=2",
+      "--config.rollout.n_samples_per_prompt=1", "--config.rollout.max_new_tokens=12",
+      "--config.rollout.min_new_tokens=2", "--config.train.samples_per_optimizer_step=2",
+      "--config.train.micro_batch_size=1", "--config.eval.every_steps=0",
+      "--config.checkpoint.async_save=False")))
+  trainer = train.Trainer(config, workdir)
+  assert all(t.metadata.get("train_file") for t in trainer.train_tasks)
+  assert not {t.task_id for t in trainer.train_tasks} & {
+      t.task_id for tasks in trainer.eval_sets.values() for t in tasks}
+  metrics = trainer.train()
+  for agent in ("data_engineer", "modeler", "analyst"):
+    assert f"train/{agent}/loss" in metrics, sorted(metrics)
+  assert os.path.exists(os.path.join(workdir, "dsbench_suite", "manifest.json"))
