@@ -376,10 +376,15 @@ class Sandbox:
     out, err = _CappedBuffer(limits.output_keep_bytes), _CappedBuffer(limits.output_keep_bytes)
     reason = ""
     try:
+      launcher = _launcher(limits, cg.procs_file)
+      # Limits are applied by exec'd programs (sh + prlimit), never by Python code between
+      # fork and exec: the trainer is multithreaded (JAX), where a preexec_fn can deadlock.
+      extra = ({"preexec_fn": _child_setup(limits, cg.procs_file)} if launcher is None
+               else {})
       proc = await asyncio.create_subprocess_exec(
-          *argv, cwd=cwd, env=env, stdin=asyncio.subprocess.DEVNULL,
+          *(launcher or []), *argv, cwd=cwd, env=env, stdin=asyncio.subprocess.DEVNULL,
           stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-          start_new_session=True, preexec_fn=_child_setup(limits, cg.procs_file))
+          start_new_session=True, **extra)
     except OSError as e:
       await cg.remove()
       script.unlink(missing_ok=True)
@@ -465,12 +470,30 @@ def _enforce_quota(ws: Workspace, snap, changed, quota: int) -> list[str]:
   return removed
 
 
+def _rlimits(limits: SandboxLimits) -> list[tuple[int, str, int]]:
+  """(resource, prlimit flag, value) of every limit set on the sandboxed process."""
+  cpu = limits.cpu_seconds or int(limits.timeout_s) + 1
+  return [(resource.RLIMIT_AS, "--as", limits.memory_bytes), (resource.RLIMIT_CPU, "--cpu", cpu),
+          (resource.RLIMIT_FSIZE, "--fsize", limits.file_size_bytes),
+          (resource.RLIMIT_NOFILE, "--nofile", limits.open_files),
+          (resource.RLIMIT_CORE, "--core", 0)]
+
+
+def _launcher(limits: SandboxLimits, cgroup_procs: str | None) -> list[str] | None:
+  """argv prefix that joins the pids cgroup (sh) and sets the rlimits (util-linux prlimit),
+  then execs the sandbox; None when prlimit is missing (fall back to a preexec_fn)."""
+  prlimit = shutil.which("prlimit")
+  if prlimit is None or not os.path.exists("/bin/sh"):
+    return None
+  cmd = [prlimit] + [f"{flag}={value}" for _, flag, value in _rlimits(limits)] + ["--"]
+  if cgroup_procs:
+    cmd = ["/bin/sh", "-c", 'echo $$ > "$0" && exec "$@"', cgroup_procs] + cmd
+  return cmd
+
+
 def _child_setup(limits: SandboxLimits, cgroup_procs: str | None):
   """preexec_fn: only syscalls (no allocation-heavy Python) between fork and exec."""
-  cpu = limits.cpu_seconds or int(limits.timeout_s) + 1
-  rl = [(resource.RLIMIT_AS, limits.memory_bytes), (resource.RLIMIT_CPU, cpu),
-        (resource.RLIMIT_FSIZE, limits.file_size_bytes),
-        (resource.RLIMIT_NOFILE, limits.open_files), (resource.RLIMIT_CORE, 0)]
+  rl = [(res, value) for res, _, value in _rlimits(limits)]
 
   def setup() -> None:
     if cgroup_procs:
