@@ -60,8 +60,8 @@ def mesh_section(preset: str) -> ml_collections.ConfigDict:
 
 
 def agent(*, role: str, role_description: str, max_turns: int, tools: tuple[str, ...] = (),
-          sees: tuple[str, ...] = (), sees_ground_truth_in_coach: bool = False,
-          fetch_files: tuple[str, ...] = ()) -> ml_collections.ConfigDict:
+          sees: tuple[str, ...] = (), sees_ground_truth_in_coach: bool = False
+          ) -> ml_collections.ConfigDict:
   """One agent of the team: its own weights, prompt and coach role."""
   return _c(
       role=role,  # role string shown to the coach (reference spelling)
@@ -70,7 +70,6 @@ def agent(*, role: str, role_description: str, max_turns: int, tools: tuple[str,
       tools=tools,  # tools the agent may call: () or ('python',)
       sees=sees,  # upstream agents whose outputs are in this agent's prompt
       sees_ground_truth_in_coach=sees_ground_truth_in_coach,  # coach gets the label/metrics
-      fetch_files=fetch_files,  # globs collected from the workspace after each execution
   )
 
 

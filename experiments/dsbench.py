@@ -19,7 +19,8 @@ if _ROOT not in sys.path:
   sys.path.insert(0, _ROOT)
 from experiments import common  # pylint: disable=g-import-not-at-top,wrong-import-position
 
-_MODEL_FILES = ("*.pkl", "*.joblib", "*.npy", "*.npz")  # REF artifacts passed downstream
+# REF re-uploaded fetched artifacts (*.pkl, *.joblib, *.npy, *.npz) before every execution;
+# here every agent of a trajectory shares one persistent workspace directory instead.
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
@@ -39,20 +40,18 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       role="data_engineer",
       role_description=("Loads train.csv/test.csv, explores and preprocesses them, and saves "
                         "X_train.pkl, y_train.pkl and X_test.pkl."),
-      max_turns=4, tools=("python",), fetch_files=_MODEL_FILES)  # REF
+      max_turns=4, tools=("python",))  # REF
   config.agents.modeler = common.agent(
       role="modeler",
       role_description=("Loads the Data Engineer's arrays, selects and cross-validates a "
                         "model, and saves model.pkl."),
-      max_turns=4, tools=("python",), sees=("data_engineer",),
-      fetch_files=_MODEL_FILES)  # REF
+      max_turns=4, tools=("python",), sees=("data_engineer",))  # REF
   config.agents.analyst = common.agent(
       role="analyst",
       role_description=("Loads the model and X_test.pkl, predicts, and writes submission.csv "
                         "in the competition format."),
       max_turns=4, tools=("python",), sees=("data_engineer", "modeler"),
-      sees_ground_truth_in_coach=True,  # REF: the coach gets the outcome metrics
-      fetch_files=("submission.csv", "predictions.csv"))  # REF
+      sees_ground_truth_in_coach=True)  # REF: the coach gets the outcome metrics
 
   config.rollout = common.rollout_section(
       preset, agent_names=tuple(config.agents), paper_max_new_tokens=16384,

@@ -286,10 +286,6 @@ def _check(c: _Checker) -> None:
       c.field(f"{p}.sees", "str tuple", lambda v, up=upstream: set(v) <= set(up),
               f"An agent can only see earlier agents: {list(upstream) or 'none'}.")
       c.field(f"{p}.sees_ground_truth_in_coach", "bool")
-      fetch = c.field(f"{p}.fetch_files", "str tuple")
-      if fetch and tools == ():
-        c.error(f"{p}.fetch_files", "files are fetched after tool executions, but this agent "
-                "has no tools; set it to () or give it tools")
   else:
     c.field("agents", "str")  # reports it missing
 

@@ -178,7 +178,7 @@ def sampling_params(config: ml_collections.ConfigDict, *, evaluation: bool = Fal
 def build_workflow(config: ml_collections.ConfigDict, *, engine, tokenizer, coach, sandbox,
                    workspace_root: str, evaluation: bool = False):
   """The configured workflow (MathChat or DSBench) bound to its engine, coach and sandbox."""
-  from mappa_jax.workflows.base import LoopOptions
+  from mappa_jax.workflows.base import LoopOptions, agents_from_config
   common: dict[str, Any] = dict(engine=engine, tokenizer=tokenizer, coach=coach, sandbox=sandbox,
                                 sampling=sampling_params(config, evaluation=evaluation),
                                 workspace_root=workspace_root)
@@ -188,12 +188,24 @@ def build_workflow(config: ml_collections.ConfigDict, *, engine, tokenizer, coac
     cfg = mathchat.MathChatConfig(
         executor_max_turns=int(agents.code_executor.max_turns),
         tool_timeout_s=float(config.sandbox.timeout_s),
+        token_budget=_budget_text(int(config.rollout.max_new_tokens)),
         verifier_sees_problem_solver="problem_solver" in tuple(agents.verifier.sees))
     options = LoopOptions(reference_context_bug=bool(config.rl.reference_context_bug))
-    return mathchat.MathChatWorkflow(config=cfg, options=options, **common)
+    return mathchat.MathChatWorkflow(
+        config=cfg, options=options,
+        agents=agents_from_config(mathchat.mathchat_agents(cfg), config.agents), **common)
   from mappa_jax.workflows import dsbench
   cfg = dsbench.DSBenchConfig(max_turns=int(config.agents.data_engineer.max_turns),
                               tool_timeout_s=float(config.sandbox.timeout_s))
   options = LoopOptions(reference_context_bug=bool(config.rl.reference_context_bug),
                         strip_thinking_handoff=True)
-  return dsbench.DSBenchWorkflow(config=cfg, options=options, **common)
+  return dsbench.DSBenchWorkflow(
+      config=cfg, options=options,
+      agents=agents_from_config(dsbench.dsbench_agents(cfg), config.agents), **common)
+
+
+def _budget_text(max_new_tokens: int) -> str:
+  """The per-action budget the prompts announce ('4k' for 4096, as the reference says)."""
+  if max_new_tokens % 1024 == 0:
+    return f"{max_new_tokens // 1024}k"
+  return str(max_new_tokens)

@@ -301,6 +301,10 @@ class Trainer:
       self.evaluate(0)
     metrics: dict[str, float] = {}
     num_steps = int(cfg.train.num_steps)
+    if self.step >= num_steps:
+      log.warning("%s is already at step %d of train.num_steps=%d: nothing to do (raise "
+                  "--config.train.num_steps or use a new --workdir)", self.workdir, self.step,
+                  num_steps)
     with phase("train", total=num_steps - self.step, unit="step") as bar:
       while self.step < num_steps:
         metrics = self.train_step()

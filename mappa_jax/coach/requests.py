@@ -14,6 +14,7 @@ from mappa_jax.coach.types import CoachRequest
 DEFAULT_GROUND_TRUTH_ROLES = ("verifier", "analyst")
 
 NO_TOOL_TEXT = "N/A (no tool ran in this action)"
+RAN_SILENTLY_TEXT = "(the code ran without error and printed nothing)"
 NO_GROUND_TRUTH_TEXT = "N/A"
 
 
@@ -94,7 +95,8 @@ def render_signals(signals: dict) -> str:
 
 def render_tool_observation(request: CoachRequest, limits: RenderLimits) -> str:
   if not request.tool_observation:
-    return NO_TOOL_TEXT
+    # Code that ran and printed nothing is not "no tool ran".
+    return RAN_SILENTLY_TEXT if request.signals.get("code_blocks", 0) else NO_TOOL_TEXT
   return truncate_head_tail(request.tool_observation, limits.obs_head_chars,
                             limits.obs_tail_chars)
 

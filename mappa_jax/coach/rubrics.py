@@ -103,8 +103,8 @@ Base scale:
 - 0-1: nothing useful.
 
 When the evaluation section reports metrics (Analyst only), the submission's quality caps the score:
-- Classification (ROC-AUC, or accuracy when AUC is absent): >= 0.85 caps at 9; 0.75-0.85 at 8; 0.65-0.75 at 6; 0.55-0.65 at 4; below 0.55 at 3.
-- Regression (RMSE as a percentage of the target's range; prefer the IQR-relative value when the target has outliers): below 10% caps at 9; 10-25% at 8; 25-50% at 6; above 50% at 4.
+- A score between 0 and 1 where higher is better (ROC-AUC, accuracy, F1): >= 0.85 caps at 9; 0.75-0.85 at 8; 0.65-0.75 at 6; 0.55-0.65 at 4; below 0.55 at 3.
+- Any other metric (errors such as RMSE, MAE or log-loss, or unbounded scores): compare with the trivial baseline reported above. An error below 50% of the baseline's (a score above twice the baseline's) caps at 9; below 75% at 8; below 90% at 6; below 100% at 4; no better than the baseline at 3.
 The cap is the default. Only clear evidence that the weak result was caused upstream allows going above it, up to 8, never 10.
 {answer_instruction}
 Write 3-5 sentences: which files existed, whether the code ran, which files were saved, and where any blame lies. Then end your reply with exactly these line(s) and nothing after them:

@@ -10,13 +10,15 @@ whole optimizer step, so accumulation is exact.
 
 `state` (TrainState) is donated. With a mesh, rows are sharded over (data, fsdp) and params keep
 the shardings they were placed with (mappa_jax.sharding), so the whitening statistics are global
-because they are computed inside the jitted step over the global batch.
+because they are computed inside the jitted step over the global batch. With bf16 params the
+optimizer state holds a float32 master copy (MasterWeightsState, UpdateConfig.fp32_master_weights):
+an Adam step of ~lr = 1e-6 is below bf16 precision and would be lost.
 """
 from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Any, Callable
+from typing import Any, Callable, NamedTuple
 
 import flax.struct
 from flax import nnx
@@ -42,7 +44,10 @@ class UpdateConfig:
   adam_b2: float = 0.95
   adam_eps: float = 1e-8
   weight_decay: float = 0.0
-  max_grad_norm: float = 1.0
+  max_grad_norm: float = 1.0             # 0 = no clipping
+  # Keep a float32 master copy of low-precision (bf16) params in the optimizer state; without it
+  # an Adam step of ~lr = 1e-6 is below half a bf16 ulp of any weight and rounds to nothing.
+  fp32_master_weights: bool = True
   warmup_ratio: float = 0.03
   min_lr_ratio: float = 0.1
   max_steps: int = 512                    # schedule horizon in optimizer steps
@@ -92,6 +97,12 @@ class UpdateConfig:
     for name, (value, allowed) in checks.items():
       if value not in allowed:
         raise ValueError(f"rl.{name} must be one of {allowed}, got {value!r}")
+    if not self.temperature > 0:
+      raise ValueError(f"rl temperature must be > 0 (logits are divided by it), got "
+                       f"{self.temperature}; for greedy rollouts score with temperature 1.0")
+    if self.max_grad_norm < 0:
+      raise ValueError(f"train.max_grad_norm must be >= 0 (0 = no clipping), got "
+                       f"{self.max_grad_norm}")
     if self.samples_per_optimizer_step % self.micro_batch_size:
       raise ValueError(f"rl.samples_per_optimizer_step={self.samples_per_optimizer_step} must be "
                        f"a multiple of rl.micro_batch_size={self.micro_batch_size}")
@@ -117,10 +128,42 @@ def lr_schedule(cfg: UpdateConfig) -> optax.Schedule:
 
 
 def make_optimizer(cfg: UpdateConfig) -> optax.GradientTransformation:
+  # max_grad_norm = 0 means no clipping (optax would scale every gradient to norm 0).
+  clip = (optax.clip_by_global_norm(cfg.max_grad_norm) if cfg.max_grad_norm > 0
+          else optax.identity())
   return optax.chain(
-      optax.clip_by_global_norm(cfg.max_grad_norm),
+      clip,
       optax.adamw(lr_schedule(cfg), b1=cfg.adam_b1, b2=cfg.adam_b2, eps=cfg.adam_eps,
                   weight_decay=cfg.weight_decay))
+
+
+class MasterWeightsState(NamedTuple):
+  """Optimizer state for low-precision params: a float32 master copy of the params and the
+  inner optimizer's state (built on the master). The params in TrainState are the master
+  rounded to their own dtype after every step (what the forward pass and publishing use)."""
+  master: Any
+  inner: Any
+
+
+def _uses_master(params, cfg: UpdateConfig) -> bool:
+  return cfg.fp32_master_weights and any(
+      jnp.issubdtype(x.dtype, jnp.floating) and x.dtype != jnp.float32
+      for x in jax.tree.leaves(params))
+
+
+def _to_f32(tree):
+  return jax.tree.map(lambda x: x.astype(jnp.float32), tree)
+
+
+def _apply_optimizer(tx, grads, opt_state, params):
+  """-> (new params, new opt_state); float32 master update when opt_state carries one."""
+  if isinstance(opt_state, MasterWeightsState):
+    updates, inner = tx.update(_to_f32(grads), opt_state.inner, opt_state.master)
+    master = optax.apply_updates(opt_state.master, updates)
+    new_params = jax.tree.map(lambda m, p: m.astype(p.dtype), master, params)
+    return new_params, MasterWeightsState(master=master, inner=inner)
+  updates, new_opt = tx.update(grads, opt_state, params)
+  return optax.apply_updates(params, updates), new_opt
 
 
 @flax.struct.dataclass
@@ -137,15 +180,25 @@ def init_train_state(model: nnx.Module, cfg: UpdateConfig, mesh=None):
   graphdef, params = nnx.split(model, nnx.Param)
   tx = make_optimizer(cfg)
   step = jnp.zeros((), jnp.int32)
+  master = _uses_master(params, cfg)
+
+  def init(p):
+    if master:
+      return MasterWeightsState(master=_to_f32(p), inner=tx.init(_to_f32(p)))
+    return tx.init(p)
+
   if mesh is None:
-    opt_state = jax.jit(tx.init)(params)
+    opt_state = jax.jit(init)(params)
   else:
-    # Moments take their parameter's sharding; counters are replicated.
+    # Moments (and the master copy) take their parameter's sharding; counters are replicated.
     rep = NamedSharding(mesh, P())
     param_sh = jax.tree.map(lambda x: x.sharding, params)
-    opt_sh = optax.tree_map_params(tx, lambda _, s: s, jax.eval_shape(tx.init, params),
-                                   param_sh, transform_non_params=lambda _: rep)
-    opt_state = jax.jit(tx.init, out_shardings=opt_sh)(params)
+    opt_sh = optax.tree_map_params(
+        tx, lambda _, s: s, jax.eval_shape(tx.init, jax.eval_shape(_to_f32, params)),
+        param_sh, transform_non_params=lambda _: rep)
+    if master:
+      opt_sh = MasterWeightsState(master=param_sh, inner=opt_sh)
+    opt_state = jax.jit(init, out_shardings=opt_sh)(params)
     step = jax.device_put(step, rep)
   return graphdef, TrainState(params=params, opt_state=opt_state, step=step)
 
@@ -301,14 +354,16 @@ def _update_body(graphdef, tx, cfg: UpdateConfig, state: TrainState, ref_params,
     def micro(acc, mb):
       grads, loss, sums = acc
       (l, s), g = grad_fn(params, mb, norm)
-      grads = jax.tree.map(jnp.add, grads, g)
+      # Accumulate in float32 whatever the param dtype (bf16 sums lose the small terms).
+      grads = jax.tree.map(lambda a, b: a + b.astype(jnp.float32), grads, g)
       return (grads, loss + l, jax.tree.map(jnp.add, sums, s)), None
 
-    zeros = jax.tree.map(jnp.zeros_like, params)
+    zeros = jax.tree.map(lambda p: jnp.zeros_like(p, dtype=jnp.float32), params)
     (grads, loss, sums), _ = jax.lax.scan(
         micro, (zeros, jnp.zeros(()), jax.tree.map(jnp.float32, zero_sums)), step_xs)
-    updates, new_opt = tx.update(grads, opt_state, params)
-    new_params = optax.apply_updates(params, updates)
+    if not isinstance(opt_state, MasterWeightsState):
+      grads = jax.tree.map(lambda g, p: g.astype(p.dtype), grads, params)
+    new_params, new_opt = _apply_optimizer(tx, grads, opt_state, params)
     has_data = samples > 0
     keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(has_data, n, o), new, old)
     out = dict(loss=loss, grad_norm=_tree_norm(grads), has_data=has_data, tokens=ntok,

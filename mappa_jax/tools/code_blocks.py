@@ -14,6 +14,7 @@ from typing import Sequence
 
 _PY_BLOCK = re.compile(r"```python[ \t]*\r?\n(.*?)```", re.DOTALL)
 _TOOL_CALL = re.compile(r"<tool_call>(.*?)</tool_call>", re.DOTALL)
+THINK_START = "<think>"
 THINK_END = "</think>"
 
 
@@ -32,18 +33,30 @@ class ParsedAction:
     return bool(self.codes or self.errors)
 
 
-def visible_part(text: str) -> str:
-  """The text after the last </think> (the whole text when there is none)."""
+def visible_part(text: str, *, thinking_open: bool = False) -> str:
+  """The text after the last </think>.
+
+  Without a </think>, an action that is still inside its reasoning (cut off at the length
+  limit) has no visible part: `thinking_open` says the prompt pre-filled <think> (Qwen3
+  thinking templates), and an action that opened <think> itself keeps only what came before.
+  Otherwise the whole text is visible (a model that does not reason in tags).
+  """
   i = text.rfind(THINK_END)
-  return text if i < 0 else text[i + len(THINK_END):]
+  if i >= 0:
+    return text[i + len(THINK_END):]
+  if thinking_open:
+    return ""
+  j = text.find(THINK_START)
+  return text if j < 0 else text[:j]
 
 
-def parse_action(text: str, *, include_thinking: bool = True) -> ParsedAction:
-  """Code blocks of one action, in order."""
+def parse_action(text: str, *, include_thinking: bool = True,
+                 thinking_open: bool = False) -> ParsedAction:
+  """Code blocks of one action, in order (`thinking_open`: see visible_part)."""
   if not text.strip():
     return ParsedAction(errors=("empty action: write Python in a ```python block",))
   if not include_thinking:
-    text = visible_part(text)
+    text = visible_part(text, thinking_open=thinking_open)
   if "<tool_call>" in text:
     if text.count("<tool_call>") != text.count("</tool_call>"):
       return ParsedAction(errors=("unbalanced <tool_call> tags",))
@@ -65,8 +78,14 @@ def parse_action(text: str, *, include_thinking: bool = True) -> ParsedAction:
 
 def format_run(stdout: str, stderr: str, *, timed_out: bool = False, limit: str = "",
                exit_code: int | None = 0) -> str:
-  """One run's output as the agent sees it (reference wording for each status)."""
-  if exit_code is None or timed_out or limit:
+  """One run's output as the agent sees it (reference wording for each status).
+
+  A program that died silently (killed by a signal, e.g. RLIMIT_CPU or the OOM killer: exit
+  code 128+N inside the sandbox, or -N) is reported as a failed execution, never as an empty
+  output, which would read as "ran fine and printed nothing".
+  """
+  silent = not (stdout.strip() or stderr.strip())
+  if exit_code is None or timed_out or limit or (silent and exit_code != 0):
     status = {"timeout": "TimeLimitExceeded", "output": "OutputLimitExceeded",
               "workspace_quota": "WorkspaceQuotaExceeded"}.get(limit, "Failed")
     parts = [f"[Execution {status}]"]
@@ -75,7 +94,12 @@ def format_run(stdout: str, stderr: str, *, timed_out: bool = False, limit: str 
     if stderr.strip():
       parts.append(f"[stderr/error]: {stderr.strip()}")
     if len(parts) == 1:
-      parts.append("[No error details available]")
+      detail = ""
+      if exit_code is not None and not timed_out and not limit:
+        signal = -exit_code if exit_code < 0 else exit_code - 128 if exit_code > 128 else 0
+        detail = (f" (exit code {exit_code}" + (f": killed by signal {signal}" if signal else "")
+                  + ")")
+      parts.append("[No error details available]" + detail)
     return "\n".join(parts)
   out = stdout.strip()
   if stderr.strip():

@@ -24,8 +24,9 @@ import dataclasses
 import inspect
 import logging
 import time
-from typing import Any, Awaitable, Callable
+from typing import Any, Awaitable, Callable, Sequence
 
+from mappa_jax.coach import requests as coach_requests
 from mappa_jax.coach.types import Coach, CoachRequest, CoachResult
 from mappa_jax.rollout.types import RolloutEngine, SamplingParams
 from mappa_jax.tools import code_blocks
@@ -97,11 +98,56 @@ def dataclass_from_config(cls, cfg):
   return cls(**{k: cfg[k] for k in cfg.keys()})
 
 
+# Config `agents.<name>` fields -> AgentSpec fields (fetch_files has no use: the workspace
+# persists, nothing is fetched).
+_AGENT_CONFIG_FIELDS = {"role": "role", "role_description": "role_description", "tools": "tools",
+                        "max_turns": "max_turns", "sees": "sees",
+                        "sees_ground_truth_in_coach": "sees_ground_truth"}
+
+
+def agents_from_config(defaults: Sequence[AgentSpec], section) -> tuple[AgentSpec, ...]:
+  """A workflow's default agents with the config's `agents` section laid over them.
+
+  Args:
+    defaults: the workflow's agents (e.g. mathchat_agents(cfg)); they keep their prompts.
+    section: ConfigDict/dict {agent name: {role, role_description, tools, max_turns, sees,
+      sees_ground_truth_in_coach, fetch_files}}; missing fields keep the default.
+  """
+  names = [a.name for a in defaults]
+  unknown = set(section.keys()) - set(names)
+  if unknown:
+    raise ValueError(f"agents: unknown agent(s) {sorted(unknown)} for this workflow; "
+                     f"known: {names}")
+  out = []
+  for spec in defaults:
+    cfg = section[spec.name] if spec.name in section else {}
+    changes = {dst: cfg[src] for src, dst in _AGENT_CONFIG_FIELDS.items() if src in cfg}
+    for key in ("tools", "sees"):
+      if key in changes:
+        changes[key] = tuple(changes[key])
+    out.append(dataclasses.replace(spec, **changes))
+  return tuple(out)
+
+
+def check_agents(workflow: str, agents: Sequence[AgentSpec], expected: Sequence[str]
+                 ) -> dict[str, AgentSpec]:
+  """{name: spec} after checking that `agents` are exactly the workflow's agents."""
+  got = [a.name for a in agents]
+  if sorted(got) != sorted(expected):
+    raise ValueError(f"{workflow}: agents must be exactly {list(expected)}, got {got}")
+  return {a.name: a for a in agents}
+
+
 @dataclasses.dataclass
 class AgentRun:
-  """What one agent did: its actions and its last tool output (for hand-offs)."""
+  """What one agent did: its actions and its last tool output (for hand-offs).
+
+  thinking_open: the agent's generation prompt pre-filled <think>, so an action without
+  </think> is all reasoning (see code_blocks.visible_part).
+  """
   actions: list[Action]
   last_observation: str = ""
+  thinking_open: bool = False
 
   @property
   def last_text(self) -> str:
@@ -126,12 +172,18 @@ class Workflow:
 
   # -- hand-offs --------------------------------------------------------------------------------
 
-  def handoff_text(self, text: str, strip_thinking: bool | None = None) -> str:
-    """Text given to another agent: special-token text removed, reasoning optionally cut."""
+  def handoff_text(self, text: str, strip_thinking: bool | None = None, *,
+                   thinking_open: bool = False) -> str:
+    """Text given to another agent: special-token text removed, reasoning optionally cut
+    (`thinking_open`: the action's prompt pre-filled <think>; see code_blocks.visible_part)."""
     strip = self.options.strip_thinking_handoff if strip_thinking is None else strip_thinking
     if strip:
-      text = code_blocks.visible_part(text)
+      text = code_blocks.visible_part(text, thinking_open=thinking_open)
     return self.tokenizer.strip_special_text(text).strip()
+
+  def handoff(self, run: "AgentRun") -> str:
+    """The hand-off text of an agent's last action."""
+    return self.handoff_text(run.last_text, thinking_open=run.thinking_open)
 
   def _sampling(self, agent: str) -> SamplingParams:
     if isinstance(self.sampling, dict):
@@ -146,11 +198,14 @@ class Workflow:
                                            CoachRequest | Awaitable[CoachRequest]]) -> AgentRun:
     """Runs one agent to completion; starts a coach task per action (see module docstring)."""
     tok = self.tokenizer
-    user = [{"role": "user", "content": prompt_text}]
+    # Upstream text, file names and tool output end up in this message: special-token text in
+    # it would be encoded as real control tokens.
+    user = [{"role": "user", "content": tok.strip_special_text(prompt_text)}]
     context = list(tok.apply_chat_template(user, add_generation_prompt=True,
                                            enable_thinking=self.options.enable_thinking))
     chunks = [list(context)]  # the reference's observation list, for reference_context_bug
-    run = AgentRun([])
+    thinking_open = _ends_inside_thinking(tok.decode(context))
+    run = AgentRun([], thinking_open=thinking_open)
     for turn in range(spec.max_turns):
       t0 = time.monotonic()
       comp = await self.engine.generate(spec.name, list(context), self._sampling(spec.name))
@@ -165,12 +220,15 @@ class Workflow:
                       finish_reason=comp.finish_reason, weight_version=comp.weight_version,
                       text=text, timings={"generate": t_gen})
       parsed = (code_blocks.parse_action(tok.strip_special_text(text),
-                                         include_thinking=self.options.execute_code_in_thinking)
+                                         include_thinking=self.options.execute_code_in_thinking,
+                                         thinking_open=thinking_open)
                 if "python" in spec.tools else code_blocks.ParsedAction())
       if parsed.wants_tools:
         t1 = time.monotonic()
         action.tool_calls, outputs = await self._run_code(parsed, spec, traj, workspace)
-        action.tool_observation = code_blocks.join_outputs(outputs)
+        # Programs can print special-token text; it must not become control tokens in the
+        # next turn's context or in a downstream prompt.
+        action.tool_observation = tok.strip_special_text(code_blocks.join_outputs(outputs))
         action.timings["tools"] = time.monotonic() - t1
         run.last_observation = action.tool_observation
       traj.actions.append(action)
@@ -184,7 +242,8 @@ class Workflow:
         break
       closed = response if response and response[-1] in self._eos else (
           response + [tok.eos_token_ids[0]])
-      history = user + [{"role": "assistant", "content": self.handoff_text(text, True)}]
+      history = user + [{"role": "assistant",
+                         "content": self.handoff_text(text, True, thinking_open=thinking_open)}]
       suffix = list(tok.chat_suffix_ids(
           history, [{"role": "tool", "content": action.tool_observation}],
           add_generation_prompt=True, enable_thinking=self.options.enable_thinking))
@@ -219,10 +278,8 @@ class Workflow:
   # -- coach ------------------------------------------------------------------------------------
 
   def base_signals(self, action: Action) -> dict[str, Any]:
-    return {"code_blocks": len(action.tool_calls),
-            "tool_errors": sum(1 for c in action.tool_calls if c.exit_code != 0),
-            "tool_timeouts": sum(1 for c in action.tool_calls if c.timed_out),
-            "truncated": action.truncated}
+    # tool_signals counts a timed-out block once (as a timeout, not also as an error).
+    return {**coach_requests.tool_signals(action.tool_calls), "truncated": action.truncated}
 
   def _start_coach(self, traj: Trajectory, action: Action, request: CoachRequest) -> None:
     async def score() -> CoachResult:
@@ -245,6 +302,12 @@ class Workflow:
     if ws is not None and not self.options.keep_workspace:
       ws.cleanup()
     return traj
+
+
+def _ends_inside_thinking(prompt_text: str) -> bool:
+  """True when the generation prompt pre-fills an unclosed <think> (Qwen3 thinking templates)."""
+  tail = prompt_text.rstrip()
+  return tail.endswith(code_blocks.THINK_START)
 
 
 def _safe(name: str) -> str:

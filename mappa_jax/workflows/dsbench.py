@@ -15,12 +15,12 @@ import asyncio
 import dataclasses
 import logging
 import math
-from typing import Any
+from typing import Any, Sequence
 
 from mappa_jax.coach.types import CoachRequest
 from mappa_jax.tools.workspace import Workspace
 from mappa_jax.workflows import prompts
-from mappa_jax.workflows.base import AgentSpec, LoopOptions, Workflow
+from mappa_jax.workflows.base import AgentSpec, LoopOptions, Workflow, check_agents
 from mappa_jax.workflows.records import Action, Trajectory
 
 log = logging.getLogger(__name__)
@@ -89,10 +89,12 @@ class DSBenchWorkflow(Workflow):
   name = "dsbench"
 
   def __init__(self, *, config: DSBenchConfig = DSBenchConfig(),
-               options: LoopOptions = LoopOptions(strip_thinking_handoff=True), **kw):
+               options: LoopOptions = LoopOptions(strip_thinking_handoff=True),
+               agents: Sequence[AgentSpec] | None = None, **kw):
+    """agents: overrides dsbench_agents(config), e.g. base.agents_from_config(...)."""
     super().__init__(options=options, **kw)
     self.config = config
-    self.agents = {a.name: a for a in dsbench_agents(config)}
+    self.agents = check_agents(self.name, agents or dsbench_agents(config), ORDER)
 
   async def run(self, task, sample_index: int = 0) -> Trajectory:
     meta = task.metadata
@@ -103,7 +105,11 @@ class DSBenchWorkflow(Workflow):
     traj = Trajectory(task_id=str(task.task_id), sample_index=sample_index,
                       task_type=getattr(task, "task_type", ""))
     ws = self._workspace(traj)
-    ws.add_files({"train.csv": meta["train_file"], "test.csv": meta["test_file"]})
+    try:
+      ws.add_files({"train.csv": meta["train_file"], "test.csv": meta["test_file"]})
+    except Exception:
+      ws.cleanup()  # a bad task must not leave a workspace directory behind
+      raise
     task_text = meta.get("cleaned_prompt") or task.prompt
     saved: dict[str, set[str]] = {n: set() for n in ORDER}
     summaries: dict[str, str] = {}
@@ -117,7 +123,7 @@ class DSBenchWorkflow(Workflow):
                "warnings": self._warnings(ws)}
         run = await self.run_agent(traj, spec, spec.prompt_template.format(**fmt), workspace=ws,
                                    request_fn=self._request_fn(task, ws, saved, traj))
-        summaries[name] = self.handoff_text(run.last_text)
+        summaries[name] = self.handoff(run)
     except Exception as e:  # pylint: disable=broad-except
       log.exception("dsbench failed on task %s", traj.task_id)
       traj.error = f"{type(e).__name__}: {e}"

@@ -11,12 +11,12 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
-from typing import Any
+from typing import Any, Sequence
 
 from mappa_jax.coach.types import CoachRequest
 from mappa_jax.tools import code_blocks
 from mappa_jax.workflows import prompts
-from mappa_jax.workflows.base import AgentSpec, LoopOptions, Workflow
+from mappa_jax.workflows.base import AgentSpec, LoopOptions, Workflow, check_agents
 from mappa_jax.workflows.records import Action, Trajectory
 
 log = logging.getLogger(__name__)
@@ -61,10 +61,13 @@ class MathChatWorkflow(Workflow):
   name = "mathchat"
 
   def __init__(self, *, config: MathChatConfig = MathChatConfig(),
-               options: LoopOptions = LoopOptions(), **kw):
+               options: LoopOptions = LoopOptions(),
+               agents: Sequence[AgentSpec] | None = None, **kw):
+    """agents: overrides mathchat_agents(config), e.g. base.agents_from_config(...)."""
     super().__init__(options=options, **kw)
     self.config = config
-    self.agents = {a.name: a for a in mathchat_agents(config)}
+    self.agents = check_agents(self.name, agents or mathchat_agents(config),
+                               ("problem_solver", "code_executor", "verifier"))
 
   async def run(self, task, sample_index: int = 0) -> Trajectory:
     """task: anything with task_id, prompt (problem incl. suffix), answer, task_type."""
@@ -76,12 +79,12 @@ class MathChatWorkflow(Workflow):
       ps = self.agents["problem_solver"]
       ps_run = await self.run_agent(traj, ps, ps.prompt_template.format(**fmt),
                                     request_fn=self._request_fn(task))
-      solver_output = self.handoff_text(ps_run.last_text)
+      solver_output = self.handoff(ps_run)
       ce = self.agents["code_executor"]
       ce_run = await self.run_agent(
           traj, ce, ce.prompt_template.format(**fmt, solver_output=solver_output),
           request_fn=self._request_fn(task))
-      execution = self.handoff_text(ce_run.last_text)
+      execution = self.handoff(ce_run)
       if ce_run.last_observation:
         execution += f"\n\n<tool_response>\n{ce_run.last_observation}\n</tool_response>"
       ver = self.agents["verifier"]
@@ -91,7 +94,7 @@ class MathChatWorkflow(Workflow):
           traj, ver, ver.prompt_template.format(**fmt, execution=execution,
                                                 solver_section=solver_section),
           request_fn=self._request_fn(task))
-      traj.final_answer = _answer(ver_run.last_text) or ""
+      traj.final_answer = _answer(self.tokenizer.strip_special_text(ver_run.last_text)) or ""
     except Exception as e:  # pylint: disable=broad-except
       log.exception("mathchat failed on task %s", traj.task_id)
       traj.error = f"{type(e).__name__}: {e}"
@@ -102,7 +105,7 @@ class MathChatWorkflow(Workflow):
   def _request_fn(self, task):
     def make(spec: AgentSpec, action: Action, agent_input: str) -> CoachRequest:
       signals: dict[str, Any] = self.base_signals(action)
-      answer = _answer(action.text)
+      answer = _answer(self.tokenizer.strip_special_text(action.text))  # no '<|im_end|>'
       if answer is not None:
         signals["answer"] = answer
       return CoachRequest(
@@ -121,7 +124,7 @@ class MathChatWorkflow(Workflow):
       traj.outcome["coach_correct"] = float(ver[-1].coach.answer_correct)
     if self.config.grade_with_rules and ver and task.answer is not None:
       from mappa_jax.data import grading  # pylint: disable=g-import-not-at-top
-      text = code_blocks.visible_part(ver[-1].text)
+      text = code_blocks.visible_part(self.tokenizer.strip_special_text(ver[-1].text))
       traj.outcome["rule_correct"] = await asyncio.to_thread(grading.grade_response, text,
                                                              task.answer)
 

@@ -135,3 +135,25 @@ def test_tool_signals_from_records():
            ToolCall("x", exit_code=None)]
   assert rq.tool_signals(calls) == {"code_blocks": 4, "tool_errors": 2, "tool_timeouts": 1}
   assert rq.tool_signals([]) == {"code_blocks": 0, "tool_errors": 0, "tool_timeouts": 0}
+
+
+def test_dsbench_quality_caps_use_only_what_the_evaluation_reports():
+  # The workflow's evaluation text gives the metric and a trivial baseline (no target range or
+  # IQR), so the rubric's caps for error metrics must be stated against the baseline.
+  from mappa_jax.workflows.dsbench import metrics_text
+  evaluation = metrics_text({"valid": True, "metric": "rmse", "value": 3.0,
+                             "higher_is_better": False, "n_predictions": 10, "n_expected": 10,
+                             "baseline_value": 6.0, "normalized_gain": 0.5})
+  assert "baseline 6" in evaluation and "range" not in evaluation
+  text = rubrics.DSBENCH.render(make_request(workflow="dsbench", role="analyst",
+                                             ground_truth=evaluation)).text
+  caps = text[text.index("caps the score"):text.index("The cap is the default")]
+  assert "baseline" in caps and "range" not in caps and "IQR" not in caps
+
+
+def test_code_that_printed_nothing_is_not_reported_as_no_tool():
+  silent = make_request(role="Code Executor", tool_observation="",
+                        signals={"code_blocks": 1, "tool_errors": 0})
+  text = rubrics.MATHCHAT.render(silent).text
+  assert rq.RAN_SILENTLY_TEXT in text and rq.NO_TOOL_TEXT not in text
+  assert rq.NO_TOOL_TEXT in rubrics.MATHCHAT.render(make_request(tool_observation="")).text

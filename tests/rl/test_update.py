@@ -168,3 +168,74 @@ def test_packed_batches_are_refused_until_attention_is_segment_aware(single_devi
   step = make_update_step(single_device_run["graphdef"], CFG)
   with pytest.raises(ValueError, match="pack=False"):
     step(None, None, packed, jax.random.key(0))
+
+
+def test_bf16_params_train_through_an_fp32_master_copy():
+  """Paper preset: bf16 weights, lr 1e-6. An Adam step (~lr per weight) is below half a bf16
+  ulp, so updating bf16 params in place changes nothing. The float32 master copy in the
+  optimizer state must move exactly like a float32 run, and the params are its rounding."""
+  lr = 1e-6
+  cfg = dataclasses.replace(CFG, learning_rate=lr)
+  mc = ModelConfig.preset("tiny-qwen3", vocab_size=32, hidden_size=32, intermediate_size=64,
+                          num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=1,
+                          head_dim=16, param_dtype="bfloat16")
+  low = Decoder(mc, rngs=nnx.Rngs(0))
+  high = _model()
+  nnx.update(high, jax.tree.map(lambda x: x.astype(jnp.float32), nnx.state(low, nnx.Param)))
+  batch = _batch()
+  start = jax.tree.map(lambda x: np.asarray(x, np.float32), nnx.state(high, nnx.Param))
+
+  graphdef, state, ref = _fresh(cfg, model=low)
+  assert isinstance(state.opt_state, upd.MasterWeightsState)
+  state, _ = make_update_step(graphdef, cfg)(state, ref, batch, jax.random.key(0))
+  g32, s32, r32 = _fresh(cfg, model=high)
+  assert not isinstance(s32.opt_state, upd.MasterWeightsState)  # float32: no extra copy
+  s32, _ = make_update_step(g32, cfg)(s32, r32, batch, jax.random.key(0))
+
+  moved = 0
+  for m, p, want, p0 in zip(jax.tree.leaves(state.opt_state.master),
+                            jax.tree.leaves(state.params), jax.tree.leaves(s32.params),
+                            jax.tree.leaves(start)):
+    assert m.dtype == jnp.float32 and p.dtype == jnp.bfloat16
+    # Equal up to the bf16 rounding of the gradients (which can zero or flip a tiny one).
+    diff = np.abs(np.asarray(m) - np.asarray(want))
+    assert np.mean(diff <= 0.1 * lr) > 0.99 and diff.max() <= 2.1 * lr, diff.max()
+    np.testing.assert_array_equal(np.asarray(p), np.asarray(m.astype(jnp.bfloat16)))
+    moved += int(np.sum(np.abs(np.asarray(m) - p0) > 0.5 * lr))
+  assert moved > 100
+
+
+def test_max_grad_norm_zero_means_no_clipping_and_temperature_must_be_positive():
+  params = {"w": jnp.ones(3)}
+  tx = upd.make_optimizer(UpdateConfig(max_grad_norm=0.0, warmup_ratio=0.0, learning_rate=0.1))
+  updates, _ = tx.update({"w": jnp.full(3, 5.0)}, tx.init(params), params)
+  np.testing.assert_allclose(updates["w"], -0.1, rtol=1e-4)  # Adam's first step: -lr * sign
+  with pytest.raises(ValueError, match="temperature"):
+    UpdateConfig(temperature=0.0)
+
+
+def test_padding_rows_change_nothing():
+  """The same 4 actions in 4 rows or in 8 rows (4 padding rows, so a second, empty optimizer
+  step): identical params and metrics, the empty step is skipped (no Adam/schedule tick)."""
+  trajs = []
+  for i in range(4):
+    action = Action(agent="a", turn=0, prompt_ids=PROMPT + [4] * (i % 3),
+                    response_ids=[GOOD if i % 2 == 0 else BAD, 5], rollout_logprobs=[],
+                    finish_reason="length" if i == 3 else "stop",
+                    coach=CoachResult(status="scored", score=float(3 * i)))
+    trajs.append(Trajectory(f"t{i // 2}", i % 2, "x", actions=[action]))
+  cfg = dataclasses.replace(CFG, shuffle=True)
+  results = []
+  for buckets in ((), (8,)):
+    batch, _ = build_train_batch(trajs, "a", ExperienceConfig(
+        token_buckets=(8,), rows_multiple=4, batch_buckets=buckets, reward_scale=0.1))
+    graphdef, state, ref = _fresh(cfg)
+    state, metrics = make_update_step(graphdef, cfg)(state, ref, jax.tree.map(jnp.asarray, batch),
+                                                     jax.random.key(5))
+    results.append((batch.tokens.shape[0], state, {k: float(v) for k, v in metrics.items()}))
+  (rows4, s4, m4), (rows8, s8, m8) = results
+  assert (rows4, rows8) == (4, 8) and m8["optimizer_steps"] == 1.0 and int(s8.step) == 1
+  for k in m4:
+    assert m8[k] == pytest.approx(m4[k], rel=1e-5, abs=1e-7), k
+  for a, b in zip(jax.tree.leaves(s8.params), jax.tree.leaves(s4.params)):
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-6)

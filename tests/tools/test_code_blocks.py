@@ -23,3 +23,23 @@ def test_format_run_reference_wording():
   t = cb.format_run("", "", timed_out=True, limit="timeout")
   assert t == "[Execution TimeLimitExceeded]\n[No error details available]"
   assert cb.join_outputs(["a", "b"]) == "a\n------\nb"
+
+
+def test_visible_part_of_an_action_cut_off_inside_its_reasoning():
+  assert cb.visible_part("r\n</think>\n\nans") == "\n\nans"
+  assert cb.visible_part("no tags at all") == "no tags at all"
+  assert cb.visible_part("still thinking", thinking_open=True) == ""  # <think> was pre-filled
+  assert cb.visible_part("pre <think> still thinking") == "pre "  # opened by the model
+  cut = "plan\n```python\nprint(1)\n```"  # code inside reasoning that never closed
+  assert not cb.parse_action(cut, include_thinking=False, thinking_open=True).wants_tools
+  assert cb.parse_action(cut, include_thinking=True, thinking_open=True).codes == ("print(1)\n",)
+
+
+def test_a_silently_killed_program_is_reported_as_failed():
+  # bwrap's shell reports SIGKILL (RLIMIT_CPU, OOM killer) as exit code 137 with no output.
+  assert cb.format_run("", "", exit_code=137) == (
+      "[Execution Failed]\n[No error details available] (exit code 137: killed by signal 9)")
+  assert cb.format_run("", "", exit_code=-24).endswith("(exit code -24: killed by signal 24)")
+  assert cb.format_run("", "", exit_code=3).endswith("(exit code 3)")
+  assert cb.format_run("", "", exit_code=0) == ""  # ran fine, printed nothing (reference)
+  assert cb.format_run("", "boom", exit_code=1) == "\n[stderr]: boom"  # reference 'Finished'

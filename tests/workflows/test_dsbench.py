@@ -126,3 +126,16 @@ def test_forgotten_x_test_shows_in_the_analyst_request(tokenizer, sandbox, task,
   assert req.signals["submission_valid"] is False
   assert not any("X_test.pkl" in f for f in req.workspace_files)
   assert "valid" not in traj.outcome or not traj.outcome["valid"]
+
+
+def test_missing_task_file_raises_and_leaves_no_workspace(tokenizer, task, tmp_path):
+  import dataclasses
+  bad = dataclasses.replace(task, metadata=dict(task.metadata,
+                                                train_file=str(tmp_path / "nope.csv")))
+  root = tmp_path / "ws"
+  wf = DSBenchWorkflow(engine=ScriptedEngine(tokenizer, {"data_engineer": ["x"]}),
+                       tokenizer=tokenizer, coach=RecordingCoach(), sandbox=None,
+                       sampling=SamplingParams(max_new_tokens=16), workspace_root=str(root))
+  with pytest.raises(FileNotFoundError, match="nope.csv"):
+    asyncio.run(wf.run(bad))
+  assert list(root.iterdir()) == []
