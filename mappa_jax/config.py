@@ -20,7 +20,6 @@ import re
 from typing import Any, Callable, Iterable, Sequence
 
 import ml_collections
-from ml_collections import config_dict
 
 # Agents of each workflow, in execution order (ConfigDict iterates keys sorted).
 WORKFLOW_AGENTS: dict[str, tuple[str, ...]] = {

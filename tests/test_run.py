@@ -4,7 +4,6 @@ import os
 import subprocess
 import sys
 
-import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from mappa_jax import config as mconfig

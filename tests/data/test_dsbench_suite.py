@@ -9,7 +9,6 @@ import sys
 import numpy as np
 import pandas as pd
 import pytest
-from scipy import stats
 
 from mappa_jax.data import dsbench, dsbench_suite
 

@@ -49,7 +49,7 @@ def make_hf_checkpoint(out_dir: pathlib.Path, architecture: str, *, dtype="float
 @pytest.fixture(scope="session")
 def hf_dirs(tmp_path_factory) -> dict[str, pathlib.Path]:
   """{variant name: HF checkpoint dir} for every entry of HF_VARIANTS (float32)."""
-  pytest.importorskip("transformers")
+  import transformers  # noqa: F401  (test extra: fail, never skip)
   root = tmp_path_factory.mktemp("hf")
   return {name: make_hf_checkpoint(root / name, arch, **kw)
           for name, (arch, kw) in HF_VARIANTS.items()}
@@ -58,7 +58,7 @@ def hf_dirs(tmp_path_factory) -> dict[str, pathlib.Path]:
 @pytest.fixture(scope="session")
 def hf_sharded_dir(tmp_path_factory) -> pathlib.Path:
   """qwen2_untied_gqa weights (same seed) split over several files with an index."""
-  pytest.importorskip("transformers")
+  import transformers  # noqa: F401  (test extra: fail, never skip)
   arch, kw = HF_VARIANTS["qwen2_untied_gqa"]
   return make_hf_checkpoint(tmp_path_factory.mktemp("hf_sharded") / "m", arch,
                             max_shard_size="40KB", **kw)
@@ -66,7 +66,7 @@ def hf_sharded_dir(tmp_path_factory) -> pathlib.Path:
 
 @pytest.fixture(scope="session")
 def hf_bf16_dir(tmp_path_factory) -> pathlib.Path:
-  pytest.importorskip("transformers")
+  import transformers  # noqa: F401  (test extra: fail, never skip)
   arch, kw = HF_VARIANTS["qwen3_tied_gqa"]
   return make_hf_checkpoint(tmp_path_factory.mktemp("hf_bf16") / "m", arch, dtype="bfloat16",
                             **kw)
