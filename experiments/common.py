@@ -154,6 +154,7 @@ def rl_section(preset: str, *, reward_scale: float) -> ml_collections.ConfigDict
       loss_agg="seq_mean_token_mean",
       mask_truncated=True,  # REF truncated samples get zero loss but still count
       # 'reinforce_pp' (REF) | 'reinforce_pp_baseline' | 'grpo' | 'outcome'
+      # (grpo normalises per prompt group and then skips the global whitening)
       advantage_estimator="reinforce_pp",
       # True reproduces BUG §4.1 (turn k >= 2 trained on the wrong context). FIX: False.
       reference_context_bug=False,
@@ -174,7 +175,10 @@ def train_section(preset: str, *, paper_num_steps: int,
       b1=0.9,  # REF
       b2=0.95,  # REF
       weight_decay=0.0,  # REF
-      max_grad_norm=1.0,  # REF global-norm clip
+      max_grad_norm=1.0,  # REF global-norm clip (0 = no clipping)
+      # bf16 params: AdamW updates a float32 copy held in the optimizer state (an lr=1e-6 step
+      # is below bf16 resolution and would round to nothing). No effect for float32 params.
+      fp32_master_weights=True,
       samples_per_optimizer_step=4 if local else 16,  # REF samples averaged per update
       micro_batch_size=2 if local else 4,  # samples per forward/backward (accumulated)
       num_steps=3 if local else paper_num_steps,  # REF global (rollout + update) steps

@@ -357,7 +357,7 @@ def _check(c: _Checker) -> None:
   # rl
   c.field("rl.kl_coef", "number", _non_negative, "Use >= 0 (0 disables the KL penalty).")
   estimator = c.choice("rl.kl_estimator", ("k1", "k2", "k3"))
-  placement = c.choice("rl.kl_placement", ("reward", "loss"))
+  placement = c.choice("rl.kl_placement", ("reward", "loss", "none"))
   if placement == "loss" and estimator == "k1":
     c.error("rl.kl_estimator", "'k1' as a loss term has zero expected gradient of the KL; with "
             "rl.kl_placement='loss' use 'k3' (or 'k2'), or keep kl_placement='reward'")
@@ -391,6 +391,7 @@ def _check(c: _Checker) -> None:
   c.field("train.b2", "number", lambda v: 0 <= v < 1, "Use 0 <= b2 < 1.")
   c.field("train.weight_decay", "number", _non_negative, "Use >= 0.")
   c.field("train.max_grad_norm", "number", _non_negative, "Use >= 0 (0 = no clipping).")
+  c.field("train.fp32_master_weights", "bool")
   per_step = c.field("train.samples_per_optimizer_step", "int", _positive, "Use >= 1.")
   micro = c.field("train.micro_batch_size", "int", _positive, "Use >= 1.")
   if per_step is not None and micro is not None and per_step % micro:

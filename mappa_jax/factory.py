@@ -147,19 +147,24 @@ def update_config(config: ml_collections.ConfigDict, agent: str) -> UpdateConfig
       learning_rate=float(train.learning_rate), adam_b1=float(train.b1),
       adam_b2=float(train.b2), weight_decay=float(train.weight_decay),
       max_grad_norm=float(train.max_grad_norm), warmup_ratio=float(train.warmup_ratio),
+      fp32_master_weights=bool(train.fp32_master_weights),
       min_lr_ratio=float(train.min_lr_ratio),
       max_steps=expected_optimizer_steps(config, agent),
       kl_coef=0.0 if rl.kl_placement == "none" else float(rl.kl_coef),
       kl_estimator=rl.kl_estimator, kl_placement=kl_placement, gamma=float(rl.gamma),
       continue_returns=bool(rl.return_across_actions),
-      baseline=_BASELINES[rl.advantage_estimator], whiten_scope=rl.whiten_scope,
+      baseline=_BASELINES[rl.advantage_estimator],
+      # GRPO advantages are already normalised per prompt group; the global whitening belongs
+      # to REINFORCE++ and its baseline variant only (OpenRLHF).
+      whiten_scope="none" if rl.advantage_estimator == "grpo" else rl.whiten_scope,
       whiten_weighting=rl.whiten_weighting, whiten_include_truncated=bool(rl.whiten_truncated),
       eps_clip_low=float(rl.eps_clip_low), eps_clip_high=float(rl.eps_clip_high),
       dual_clip=None if rl.dual_clip is None else float(rl.dual_clip),
       loss_aggregation=rl.loss_agg, mask_truncated=bool(rl.mask_truncated),
       samples_per_optimizer_step=int(train.samples_per_optimizer_step),
       micro_batch_size=int(train.micro_batch_size),
-      temperature=float(config.rollout.temperature),
+      # Logprobs of the sampling policy: greedy rollouts (T=0) are scored at T=1.
+      temperature=float(config.rollout.temperature) or 1.0,
       logprob_impl=rl.impl, advantage_impl=rl.impl)
 
 

@@ -65,6 +65,8 @@ METRICS: dict[str, MetricSpec] = {s.name: s for s in [
     MetricSpec("f1_micro", "label", True, 1.0),
     MetricSpec("f1_weighted", "label", True, 1.0),
     MetricSpec("qwk", "label", True, 1.0),
+    MetricSpec("map_at_3", "label", True, 1.0),
+    MetricSpec("jaccard", "label", True, 1.0),
     MetricSpec("roc_auc", "proba", True, 1.0),
     MetricSpec("normalized_gini", "proba", True, 1.0),
     MetricSpec("log_loss", "proba", False, 0.0),
@@ -86,7 +88,8 @@ ALIASES = {
     "kappa": "qwk", "gini": "normalized_gini", "medae": "medae",
     "median_absolute_error": "medae", "mean_absolute_error": "mae",
     "root_mean_squared_error": "rmse", "mean_squared_error": "mse", "f1_score": "f1",
-    "r2_score": "r2", "mean_columnwise_rmse": "mcrmse",
+    "r2_score": "r2", "mean_columnwise_rmse": "mcrmse", "map@3": "map_at_3", "map3": "map_at_3",
+    "mapk": "map_at_3", "word_jaccard": "jaccard",
 }
 
 
@@ -146,7 +149,27 @@ def _label_key(values: pd.Series) -> pd.Series:
   return values.astype(str).str.strip()
 
 
+def _average_precision_at_3(truth: str, guesses: str) -> float:
+  # Kaggle MAP@3: a prediction is up to 3 space-separated labels, best first.
+  for rank, guess in enumerate(str(guesses).split()[:3]):
+    if guess == str(truth).strip():
+      return 1.0 / (rank + 1)
+  return 0.0
+
+
+def _word_jaccard(truth: str, pred: str) -> float:
+  # Kaggle tweet-sentiment-extraction: Jaccard of lower-cased word sets (two empty texts agree).
+  a, b = set(str(truth).lower().split()), set(str(pred).lower().split())
+  if not a and not b:
+    return 1.0
+  return len(a & b) / len(a | b)
+
+
 def _label_metric(name: str, y: pd.Series, p: pd.Series) -> float:
+  if name == "map_at_3":
+    return float(np.mean([_average_precision_at_3(t, g) for t, g in zip(y, p)]))
+  if name == "jaccard":
+    return float(np.mean([_word_jaccard(t, q) for t, q in zip(y.fillna(""), p.fillna(""))]))
   if name == "qwk":
     yi, pi = pd.to_numeric(y, errors="coerce"), pd.to_numeric(p, errors="coerce")
     if pi.isna().any() or (pi != np.round(pi)).any():

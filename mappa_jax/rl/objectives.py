@@ -205,7 +205,8 @@ def group_baseline(rewards: Array, groups: Array, valid: Array, num_groups: int,
   """Action-level reward shaping with a per-prompt group baseline; [A] -> [A].
 
   'none': unchanged. 'reinforce_baseline': r - mean of the group (then whiten globally).
-  'grpo': (r - mean) / (std + eps) with the population std of the group (OpenRLHF group_norm).
+  'grpo': (r - mean) / (std + eps) with the sample (n - 1) std of the group, as OpenRLHF
+  group_norm (torch `std`) and verl compute it; a group of one gets 0.
   Invalid actions neither contribute to nor receive a baseline (returned as 0).
   """
   if kind not in BASELINES:
@@ -218,6 +219,6 @@ def group_baseline(rewards: Array, groups: Array, valid: Array, num_groups: int,
   mean = jax.ops.segment_sum(v * r, groups, num_groups) / jnp.maximum(n, 1.0)
   out = r - mean[groups]
   if kind == "grpo":
-    var = jax.ops.segment_sum(v * out ** 2, groups, num_groups) / jnp.maximum(n, 1.0)
+    var = jax.ops.segment_sum(v * out ** 2, groups, num_groups) / jnp.maximum(n - 1.0, 1.0)
     out = out / (jnp.sqrt(var)[groups] + eps)
   return jnp.where(valid, out, 0.0)

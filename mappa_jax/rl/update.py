@@ -98,8 +98,9 @@ class UpdateConfig:
       if value not in allowed:
         raise ValueError(f"rl.{name} must be one of {allowed}, got {value!r}")
     if not self.temperature > 0:
-      raise ValueError(f"rl temperature must be > 0 (logits are divided by it), got "
-                       f"{self.temperature}; for greedy rollouts score with temperature 1.0")
+      raise ValueError(f"UpdateConfig.temperature (the sampling temperature, "
+                       f"rollout.temperature) must be > 0: logits are divided by it; got "
+                       f"{self.temperature}. For greedy rollouts score with temperature 1.0")
     if self.max_grad_norm < 0:
       raise ValueError(f"train.max_grad_norm must be >= 0 (0 = no clipping), got "
                        f"{self.max_grad_norm}")

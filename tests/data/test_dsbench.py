@@ -137,6 +137,20 @@ def test_qwk_against_formula(tmp_path):
   assert not bad["valid"] and "integer" in bad["error"]
 
 
+def test_map_at_3_and_word_jaccard_hand_computed(tmp_path):
+  # MAP@3: truth in 1st, 2nd, 3rd place, absent, and a single guess -> 1, 1/2, 1/3, 0, 1.
+  ans = _write(tmp_path / "a.csv", pd.DataFrame({"id": range(5), "c": list("ABCDE")}))
+  sub = pd.DataFrame({"id": [4, 3, 2, 1, 0], "c": ["E", "A B C", "A B C", "A B C", "A B C"]})
+  r = _score(tmp_path, ans, sub, "map@3", targets="c")
+  assert r["metric"] == "map_at_3" and r["valid"], r
+  assert r["value"] == pytest.approx((1 + 1 / 2 + 1 / 3 + 0 + 1) / 5)
+  # Word Jaccard, case-insensitive: {good day} vs {good night} -> 1/3; identical -> 1.
+  ans = _write(tmp_path / "j.csv", pd.DataFrame({"id": [0, 1], "t": ["Good day", "so sad"]}))
+  r = _score(tmp_path, ans, pd.DataFrame({"id": [0, 1], "t": ["good NIGHT", "so sad"]}),
+             "jaccard", targets="t")
+  assert r["valid"] and r["value"] == pytest.approx((1 / 3 + 1) / 2)
+
+
 def test_probability_metrics(tmp_path):
   ans = _write(tmp_path / "a.csv", pd.DataFrame({"id": [1, 2, 3, 4], "t": [0, 0, 1, 1]}))
   sub = pd.DataFrame({"id": [4, 3, 2, 1], "t": [0.8, 0.35, 0.4, 0.1]})
@@ -168,8 +182,8 @@ def test_multi_target_auc_and_one_hot_log_loss(tmp_path):
 
 
 def test_unknown_metric():
-  with pytest.raises(ValueError, match="unsupported DSBench metric 'map_at_3'"):
-    dsbench.metric_spec("map_at_3")
+  with pytest.raises(ValueError, match="unsupported DSBench metric 'ndcg'"):
+    dsbench.metric_spec("ndcg")
   assert dsbench.metric_spec("QWK").name == "qwk"
 
 

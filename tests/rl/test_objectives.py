@@ -249,8 +249,8 @@ def test_group_baselines_golden(kind):
       sel = (groups == g) & valid
       mean = r[sel].mean()
       want[groups == g] = r[groups == g] - mean
-      if kind == "grpo":
-        want[groups == g] /= r[sel].std() + 1e-9
+      if kind == "grpo":  # OpenRLHF group_norm: torch std, i.e. ddof=1
+        want[groups == g] /= (r[sel].std(ddof=1) if sel.sum() > 1 else 0.0) + 1e-9
     want[~valid] = 0.0
   got = obj.group_baseline(jnp.asarray(r), jnp.asarray(groups), jnp.asarray(valid), 4, kind)
   np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
