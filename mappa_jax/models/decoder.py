@@ -133,8 +133,13 @@ class Attention(nnx.Module):
     self.dtype = cfg.jnp_dtype
 
   def __call__(self, x: Array, positions: Array, key_mask: Array | None, layer_cache,
-               cache_index) -> tuple[Array, tuple[Array, Array] | None]:
-    """x [B, T, H] -> ([B, T, H], updated (k, v) [B, S, K, D] or None)."""
+               cache_index, segment_ids: Array | None = None
+               ) -> tuple[Array, tuple[Array, Array] | None]:
+    """x [B, T, H] -> ([B, T, H], updated (k, v) [B, S, K, D] or None).
+
+    segment_ids int32 [B, T] (no cache only): query t sees key s iff both are in the same
+    non-zero segment (packed rows: several samples side by side, 0 = padding).
+    """
     b, t, _ = x.shape
     q = self.q_proj(x)  # [B, T, N, D]
     k = self.k_proj(x)  # [B, T, K, D]
@@ -151,6 +156,9 @@ class Attention(nnx.Module):
     if layer_cache is None:
       keys, values, new_cache = k, v, None
       allowed = query_pos >= jnp.arange(t)[None, :]  # [T, S=T]
+      if segment_ids is not None:
+        same = segment_ids[:, :, None] == segment_ids[:, None, :]    # [B, T, S=T]
+        allowed = allowed[None] & same & (segment_ids[:, None, :] != 0)
     else:
       ck, cv = layer_cache
       start = jnp.asarray(cache_index, jnp.int32)
@@ -159,7 +167,7 @@ class Attention(nnx.Module):
       values = jax.lax.dynamic_update_slice(cv, v.astype(cv.dtype), (zero, start, zero, zero))
       new_cache = (keys, values)
       allowed = (start + query_pos) >= jnp.arange(keys.shape[1])[None, :]  # [T, S]
-    mask = allowed[None]  # [1, T, S]
+    mask = allowed if allowed.ndim == 3 else allowed[None]  # [B or 1, T, S]
     if key_mask is not None:
       mask = mask & key_mask[:, None, :].astype(bool)
 
@@ -217,16 +225,16 @@ class DecoderLayer(nnx.Module):
                                   cfg.jnp_param_dtype, "norm")
     self.mlp = MLP(cfg, rngs=rngs)
 
-  def __call__(self, x, positions, key_mask, layer_cache, cache_index):
+  def __call__(self, x, positions, key_mask, layer_cache, cache_index, segment_ids=None):
     attn_out, new_cache = self.attn(self.input_norm(x), positions, key_mask, layer_cache,
-                                    cache_index)
+                                    cache_index, segment_ids)
     x = shd.constrain(x + attn_out, ("act_batch", "act_seq", "act_embed"))
     x = x + self.mlp(self.post_attn_norm(x))
     return shd.constrain(x, ("act_batch", "act_seq", "act_embed")), new_cache
 
 
-def _layer_forward(layer, x, positions, key_mask, layer_cache, cache_index):
-  return layer(x, positions, key_mask, layer_cache, cache_index)
+def _layer_forward(layer, x, positions, key_mask, layer_cache, cache_index, segment_ids):
+  return layer(x, positions, key_mask, layer_cache, cache_index, segment_ids)
 
 
 _remat_layer_forward = nnx.remat(_layer_forward)
@@ -250,8 +258,8 @@ class Decoder(nnx.Module):
                             param_dtype=cfg.jnp_param_dtype, rngs=rngs)
 
   def __call__(self, tokens: Array, positions: Array, *, attention_mask: Array | None = None,
-               cache: KVCache | None = None, cache_index: Array | int | None = None
-               ) -> tuple[Array, KVCache | None]:
+               cache: KVCache | None = None, cache_index: Array | int | None = None,
+               segment_ids: Array | None = None) -> tuple[Array, KVCache | None]:
     """Runs the trunk.
 
     Args:
@@ -259,18 +267,30 @@ class Decoder(nnx.Module):
       attention_mask: bool [B, T] (no cache) or [B, S] (over cache slots): valid keys.
       cache: KVCache with S slots; the T new keys/values go to [cache_index, cache_index + T).
       cache_index: int32 scalar, same for every row (required with a cache).
+      segment_ids: int32 [B, T], no cache only (packed training rows): 1.. per sample, 0 for
+        padding. Query t then attends key s iff s <= t and segment_ids[b, t] ==
+        segment_ids[b, s] != 0 (and attention_mask[b, s] when also given); positions should
+        restart at 0 for every segment.
     Returns:
       hidden [B, T, H] after the final norm (config.dtype), updated KVCache or None.
     """
     if cache is not None and cache_index is None:
       raise ValueError("cache_index is required when a cache is given")
+    if cache is not None and segment_ids is not None:
+      raise ValueError("segment_ids (packed rows) is only supported without a cache: the "
+                       "cached path attends over cache slots; pass segment_ids=None and mark "
+                       "valid slots with attention_mask")
+    if segment_ids is not None and tuple(segment_ids.shape) != tuple(tokens.shape):
+      raise ValueError(f"segment_ids must be int32 [B, T] like tokens {tuple(tokens.shape)}, "
+                       f"got shape {tuple(segment_ids.shape)}")
     x = self.embed(tokens)
     x = shd.constrain(x, ("act_batch", "act_seq", "act_embed"))
     forward = _remat_layer_forward if self.config.remat else _layer_forward
     new_k, new_v = cache.k if cache is not None else None, cache.v if cache is not None else None
     for i, layer in enumerate(self.layers):
       layer_cache = None if cache is None else (new_k[i], new_v[i])
-      x, updated = forward(layer, x, positions, attention_mask, layer_cache, cache_index)
+      x, updated = forward(layer, x, positions, attention_mask, layer_cache, cache_index,
+                           segment_ids)
       if updated is not None:
         # In-place update of the stacked buffer (XLA aliases it when the cache is donated).
         new_k = new_k.at[i].set(updated[0])

@@ -17,6 +17,7 @@ an Adam step of ~lr = 1e-6 is below bf16 precision and would be lost.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from typing import Any, Callable, NamedTuple
 
@@ -207,10 +208,13 @@ def init_train_state(model: nnx.Module, cfg: UpdateConfig, mesh=None):
 # ---------------------------------------------------------------------------------------------
 
 def _sequence_logprobs(graphdef, params, tokens, positions, attention, targets, cfg,
-                       with_entropy=False):
-  """[b, T] inputs -> (logp [b, T], entropy [b, T] | None)."""
+                       with_entropy=False, segment_ids=None):
+  """[b, T] inputs -> (logp [b, T], entropy [b, T] | None).
+
+  segment_ids [b, T] (packed rows) or None (one sample per row): see Decoder.__call__.
+  """
   model = nnx.merge(graphdef, params)
-  hidden, _ = model(tokens, positions, attention_mask=attention)
+  hidden, _ = model(tokens, positions, attention_mask=attention, segment_ids=segment_ids)
   b, t, h = hidden.shape
   logp, ent = token_logprobs(hidden.reshape(b * t, h), model.lm_head_kernel(),
                              targets.reshape(-1), temperature=cfg.temperature,
@@ -219,16 +223,19 @@ def _sequence_logprobs(graphdef, params, tokens, positions, attention, targets, 
   return logp.reshape(b, t), (None if ent is None else ent.reshape(b, t))
 
 
-def _batched_logprobs(graphdef, params, batch: TrainBatch, cfg, with_entropy):
+def _batched_logprobs(graphdef, params, batch: TrainBatch, cfg, with_entropy, packed=False):
   """Old/reference logprobs without gradients, `logprob_batch_rows` rows at a time."""
   rows = cfg.logprob_batch_rows or cfg.micro_batch_size
   b, t = batch.tokens.shape
   rows = math.gcd(rows, b)
-  xs = tuple(x.reshape(b // rows, rows, t) for x in
-             (batch.tokens, batch.positions, batch.attention_mask, batch.targets))
+  fields = (batch.tokens, batch.positions, batch.attention_mask, batch.targets)
+  if packed:
+    fields += (batch.segment_ids,)
+  xs = tuple(x.reshape(b // rows, rows, t) for x in fields)
 
   def one(x):
-    lp, ent = _sequence_logprobs(graphdef, params, *x, cfg, with_entropy)
+    segments = x[4] if packed else None
+    lp, ent = _sequence_logprobs(graphdef, params, *x[:4], cfg, with_entropy, segments)
     return lp, (ent if ent is not None else jnp.zeros_like(lp))
 
   lp, ent = jax.lax.map(one, xs)
@@ -283,7 +290,7 @@ def _tree_norm(tree) -> Array:
 
 
 def _update_body(graphdef, tx, cfg: UpdateConfig, state: TrainState, ref_params,
-                 batch: TrainBatch, rng: Array, pooled_stats):
+                 batch: TrainBatch, rng: Array, pooled_stats, packed: bool = False):
   b, t = batch.tokens.shape
   a = batch.num_actions
   s_rows, m_rows = cfg.samples_per_optimizer_step, cfg.micro_batch_size
@@ -293,10 +300,12 @@ def _update_body(graphdef, tx, cfg: UpdateConfig, state: TrainState, ref_params,
   ids = batch.action_ids
   resp = ids >= 0
 
-  old_lp, old_ent = _batched_logprobs(graphdef, state.params, batch, cfg, with_entropy=True)
+  old_lp, old_ent = _batched_logprobs(graphdef, state.params, batch, cfg, with_entropy=True,
+                                      packed=packed)
   if cfg.old_logprobs == "rollout":
     old_lp = batch.rollout_logprobs.astype(jnp.float32)
-  ref_lp, _ = _batched_logprobs(graphdef, ref_params, batch, cfg, with_entropy=False)
+  ref_lp, _ = _batched_logprobs(graphdef, ref_params, batch, cfg, with_entropy=False,
+                                packed=packed)
   adv_out = advantages(old_lp, ref_lp, batch, cfg, pooled_stats)
   adv = adv_out["advantages"]
 
@@ -324,11 +333,14 @@ def _update_body(graphdef, tx, cfg: UpdateConfig, state: TrainState, ref_params,
             old_lp=rows(old_lp), ref_lp=rows(ref_lp), adv=rows(adv), w=rows(weights),
             mask=rows(loss_mask.astype(jnp.float32)), samples=rows(row_samples),
             tokens_n=rows(row_tokens))
+  if packed:
+    xs["segments"] = rows(batch.segment_ids)
   kl_loss = cfg.kl_placement == "loss"
 
   def micro_loss(params, mb, norm):
     logp, _ = _sequence_logprobs(graphdef, params, mb["tokens"], mb["positions"],
-                                 mb["attention"], mb["targets"], cfg)
+                                 mb["attention"], mb["targets"], cfg,
+                                 segment_ids=mb.get("segments"))
     loss_t, clipped, ratio = obj.ppo_clip_loss(
         logp, mb["old_lp"], mb["adv"], eps_low=cfg.eps_clip_low, eps_high=cfg.eps_clip_high,
         dual_clip=cfg.dual_clip)
@@ -406,12 +418,14 @@ def _update_body(graphdef, tx, cfg: UpdateConfig, state: TrainState, ref_params,
   return new_state, metrics
 
 
-def _check_not_packed(batch: TrainBatch) -> None:
-  """The Decoder's attention has no segment mask, so packed rows would attend across samples."""
+def _is_packed(batch: TrainBatch) -> bool:
+  """Whether rows hold several samples (segment_ids > 1: ExperienceConfig(pack=True)), so the
+  Decoder must mask attention per segment. A batch this process cannot read whole (multi-host)
+  counts as packed: segment masking is exact for one-sample rows too, only a little dearer."""
   seg = batch.segment_ids
-  if getattr(seg, "is_fully_addressable", True) and int(np.max(np.asarray(seg))) > 1:
-    raise ValueError("packed TrainBatch (segment_ids > 1) but the Decoder has no segment-aware "
-                     "attention: build it with ExperienceConfig(pack=False)")
+  if not getattr(seg, "is_fully_addressable", True):
+    return True
+  return int(np.max(np.asarray(seg), initial=0)) > 1
 
 
 def make_update_step(graphdef, cfg: UpdateConfig, *, mesh=None) -> Callable:
@@ -419,26 +433,27 @@ def make_update_step(graphdef, cfg: UpdateConfig, *, mesh=None) -> Callable:
 
   Jitted with the TrainState donated. With a mesh: batch rows sharded over (data, fsdp) when
   divisible, per-action arrays replicated, params/optimizer state keep their placement.
+  Packed batches (ExperienceConfig(pack=True), detected from segment_ids) run a second compiled
+  variant whose attention is masked per segment.
   """
   tx = make_optimizer(cfg)
 
-  def body(state, ref_params, batch, rng, pooled_stats):
-    return _update_body(graphdef, tx, cfg, state, ref_params, batch, rng, pooled_stats)
+  def body(state, ref_params, batch, rng, pooled_stats, packed):
+    return _update_body(graphdef, tx, cfg, state, ref_params, batch, rng, pooled_stats, packed)
 
   if mesh is None:
-    jitted = jax.jit(body, donate_argnums=(0,))
+    jitted = jax.jit(body, donate_argnums=(0,), static_argnums=(5,))
 
     def step(state, ref_params, batch, rng, pooled_stats=None):
-      _check_not_packed(batch)
-      return jitted(state, ref_params, batch, rng, pooled_stats)
+      return jitted(state, ref_params, batch, rng, pooled_stats, _is_packed(batch))
 
     return step
   cache: dict = {}
 
   def step(state, ref_params, batch, rng, pooled_stats=None):
-    _check_not_packed(batch)
+    packed = _is_packed(batch)
     key = jax.tree.map(lambda x: (x.shape, str(x.dtype)), (batch, pooled_stats))
-    key = str(key)
+    key = str((key, packed))
     if key not in cache:
       n_batch = mesh.shape["data"] * mesh.shape["fsdp"]
       rows_sh = NamedSharding(mesh, P(("data", "fsdp")))
@@ -453,8 +468,8 @@ def make_update_step(graphdef, cfg: UpdateConfig, *, mesh=None) -> Callable:
       state_sh = shard_of(state)
       in_sh = (state_sh, shard_of(ref_params), batch_sh, rep,
                None if pooled_stats is None else jax.tree.map(lambda _: rep, pooled_stats))
-      cache[key] = jax.jit(body, in_shardings=in_sh, out_shardings=(state_sh, rep),
-                           donate_argnums=(0,))
+      cache[key] = jax.jit(functools.partial(body, packed=packed), in_shardings=in_sh,
+                           out_shardings=(state_sh, rep), donate_argnums=(0,))
     return cache[key](state, ref_params, batch, rng, pooled_stats)
 
   return step
@@ -463,11 +478,19 @@ def make_update_step(graphdef, cfg: UpdateConfig, *, mesh=None) -> Callable:
 def advantage_stats_fn(graphdef, cfg: UpdateConfig) -> Callable:
   """-> jitted f(params, ref_params, batch) -> (n, mean, m2) whitening statistics of one agent
   (for whiten_scope='pooled': merge all agents' with objectives.merge_stats, pass to step)."""
-  def f(params, ref_params, batch):
-    old_lp, _ = _batched_logprobs(graphdef, params, batch, cfg, with_entropy=False)
+  def f(params, ref_params, batch, packed):
+    old_lp, _ = _batched_logprobs(graphdef, params, batch, cfg, with_entropy=False,
+                                  packed=packed)
     if cfg.old_logprobs == "rollout":
       old_lp = batch.rollout_logprobs.astype(jnp.float32)
-    ref_lp, _ = _batched_logprobs(graphdef, ref_params, batch, cfg, with_entropy=False)
+    ref_lp, _ = _batched_logprobs(graphdef, ref_params, batch, cfg, with_entropy=False,
+                                  packed=packed)
     local = dataclasses.replace(cfg, whiten_scope="none")
     return advantages(old_lp, ref_lp, batch, local)["stats"]
-  return jax.jit(f)
+
+  jitted = jax.jit(f, static_argnums=(3,))
+
+  def stats(params, ref_params, batch):
+    return jitted(params, ref_params, batch, _is_packed(batch))
+
+  return stats

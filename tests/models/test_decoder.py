@@ -78,6 +78,64 @@ def test_left_padding_does_not_change_real_tokens(model):
   assert np.isfinite(np.asarray(batched)).all()  # fully masked pad queries stay finite
 
 
+@nnx.jit
+def _packed_forward(model, ids, pos, mask, segments):
+  return model(ids, pos, attention_mask=mask, segment_ids=segments)[0]
+
+
+def test_packed_rows_equal_each_sequence_alone(model):
+  """Two rows packing 2 sequences each (+ padding): every real token's logits equal those of its
+  sequence run alone (fp32, 1e-5); attention_mask still applies on top of the segments."""
+  rng = np.random.default_rng(4)
+  seqs = [rng.integers(0, 97, n).tolist() for n in (5, 4, 3)]
+  layout = [[0, 1], [2, 0]]  # row -> sequences, left to right
+  width = 11
+  ids = np.zeros((2, width), np.int32)
+  pos = np.zeros((2, width), np.int32)
+  seg = np.zeros((2, width), np.int32)
+  where = []  # (row, start, sequence)
+  for r, members in enumerate(layout):
+    col = 0
+    for k, i in enumerate(members, start=1):
+      n = len(seqs[i])
+      ids[r, col:col + n], pos[r, col:col + n], seg[r, col:col + n] = seqs[i], np.arange(n), k
+      where.append((r, col, i))
+      col += n
+  ids[seg == 0] = 13  # padding tokens are real ids: the segment mask must hide them
+  mask = seg > 0
+  packed = np.asarray(model.logits(_packed_forward(model, ids, pos, mask, seg)))
+  # Alone: one sequence per row, right-padded (causal attention never sees the padding).
+  a_ids = np.zeros((3, 5), np.int32)
+  a_mask = np.zeros((3, 5), bool)
+  for i, s in enumerate(seqs):
+    a_ids[i, :len(s)], a_mask[i, :len(s)] = s, True
+  a_pos = np.broadcast_to(np.arange(5, dtype=np.int32), (3, 5))
+  alone = np.asarray(model.logits(_forward(model, a_ids, a_pos, a_mask)))
+  for r, col, i in where:
+    n = len(seqs[i])
+    np.testing.assert_allclose(packed[r, col:col + n], alone[i, :n], atol=1e-5, rtol=0)
+  assert np.isfinite(packed).all()  # padding queries see no key and stay finite
+  # Without the segment mask the second sequence of a row would see the first one.
+  leaky = np.asarray(model.logits(_forward(model, ids, pos, mask)))
+  assert np.abs(leaky[0, 5:9] - alone[1, :4]).max() > 1e-3
+
+  # attention_mask combines with the segments: hiding the first token of row 0's second
+  # sequence changes that sequence's later tokens and nothing in the first one.
+  hidden_key = mask.copy()
+  hidden_key[0, 5] = False
+  masked = np.asarray(model.logits(_packed_forward(model, ids, pos, hidden_key, seg)))
+  np.testing.assert_allclose(masked[0, :5], packed[0, :5], atol=1e-6, rtol=0)
+  assert np.abs(masked[0, 6:9] - packed[0, 6:9]).max() > 1e-3
+
+
+def test_segment_ids_are_refused_with_a_cache_or_a_wrong_shape(model):
+  tokens = jnp.zeros((1, 2), jnp.int32)
+  with pytest.raises(ValueError, match="segment_ids.*without a cache"):
+    model(tokens, tokens, cache=model.init_cache(1, 2), cache_index=0, segment_ids=tokens)
+  with pytest.raises(ValueError, match=r"segment_ids must be int32 \[B, T\]"):
+    model(tokens, tokens, segment_ids=jnp.zeros((1, 3), jnp.int32))
+
+
 def test_cache_needs_index(model):
   with pytest.raises(ValueError, match="cache_index"):
     model(jnp.zeros((1, 1), jnp.int32), jnp.zeros((1, 1), jnp.int32), cache=model.init_cache(1, 2))

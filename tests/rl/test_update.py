@@ -162,12 +162,55 @@ def test_every_option_path_compiles_and_trains(single_device_run):
   assert moved > 1e-4
 
 
-def test_packed_batches_are_refused_until_attention_is_segment_aware(single_device_run):
-  batch = single_device_run["batch"]
-  packed = batch.replace(segment_ids=batch.segment_ids.at[0, 3].set(2))
-  step = make_update_step(single_device_run["graphdef"], CFG)
-  with pytest.raises(ValueError, match="pack=False"):
-    step(None, None, packed, jax.random.key(0))
+def test_packed_batch_updates_like_the_padded_layout(single_device_run):
+  """The same 8 actions one per row (8 x 8) or packed two per row (4 real rows of 16, padded to
+  8 rows): one jitted step (a single optimizer step over the whole batch, 2-row micro-batches,
+  shuffled) gives the same params (1e-5 at lr 1e-2) and metrics. The packed variant is picked
+  from segment_ids; without its segment mask the packed rows' logprobs would differ."""
+  trajs = []
+  for i in range(8):
+    tok = GOOD if i % 2 == 0 else BAD
+    action = Action(agent="a", turn=0, prompt_ids=PROMPT + [4] * (i % 3),
+                    response_ids=[tok, 5, 6][:2 + i % 2], rollout_logprobs=[],
+                    finish_reason="length" if i == 7 else "stop",
+                    coach=CoachResult(status="scored", score=float(i)))
+    trajs.append(Trajectory(f"t{i // 2}", i % 2, "x", actions=[action]))
+  # Adam's first step is lr * g / (|g| + eps): with eps = 1e-8 a gradient entry near zero turns
+  # fp32 rounding noise into an O(lr) difference (the padded layout at T = 8 vs T = 16 already
+  # differs by 3e-5). eps = 1e-4 bounds that by (lr / eps) * noise while most entries still
+  # move by ~lr, so 1e-5 checks the gradients to ~1e-7.
+  cfg = dataclasses.replace(CFG, samples_per_optimizer_step=8, micro_batch_size=2, shuffle=True,
+                            adam_eps=1e-4)
+  results = {}
+  for pack, bucket in ((False, 8), (True, 16)):
+    batch, stats = build_train_batch(trajs, "a", ExperienceConfig(
+        token_buckets=(bucket,), rows_multiple=8, reward_scale=0.1, pack=pack))
+    batch = jax.tree.map(jnp.asarray, batch)
+    assert upd._is_packed(batch) == pack
+    graphdef, state, ref = _fresh(cfg)
+    state, metrics = make_update_step(graphdef, cfg)(state, ref, batch, jax.random.key(1))
+    results[pack] = (batch, stats, state, {k: float(v) for k, v in metrics.items()})
+  (padded, _, s_pad, m_pad), (packed, st_packed, s_packed, m_packed) = results[False], results[True]
+  assert st_packed["padded_rows"] == 4 and int(np.max(packed.segment_ids)) == 2
+  assert m_packed["optimizer_steps"] == 1.0 and m_packed["num_samples"] == 8.0
+  for k in m_pad:
+    assert m_packed[k] == pytest.approx(m_pad[k], rel=1e-4, abs=1e-6), k
+  moved = 0.0
+  for a, b, p0 in zip(jax.tree.leaves(s_packed.params), jax.tree.leaves(s_pad.params),
+                      jax.tree.leaves(single_device_run["ref"])):
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-5, rtol=0)
+    moved = max(moved, float(np.max(np.abs(np.asarray(b) - np.asarray(p0)))))
+  assert moved > 5e-3  # an Adam step of ~lr really happened
+
+  # Negative control: the second sample of a packed row scored without the segment mask.
+  graphdef, ref = single_device_run["graphdef"], single_device_run["ref"]
+  args = (packed.tokens[:1], packed.positions[:1], packed.attention_mask[:1], packed.targets[:1])
+  seg_lp, _ = upd._sequence_logprobs(graphdef, ref, *args, CFG,
+                                     segment_ids=packed.segment_ids[:1])
+  leak_lp, _ = upd._sequence_logprobs(graphdef, ref, *args, CFG)
+  second = np.asarray((packed.segment_ids[0] == 2) & (packed.action_ids[0] >= 0))
+  assert second.any()
+  assert np.abs(np.asarray(seg_lp - leak_lp)[0][second]).max() > 1e-3
 
 
 def test_bf16_params_train_through_an_fp32_master_copy():
