@@ -62,6 +62,13 @@ def initialize(environ: Mapping[str, str] | None = None) -> bool:
   kwargs = detect(environ)
   if kwargs is None:
     return False
+  # XLA:CPU's concurrency-optimised scheduler may order the update step's cross-process
+  # collectives differently in each process (Gloo then aborts with a collective mismatch).
+  # The flag only concerns the CPU backend; it must be set before the backend starts.
+  flags = os.environ.get("XLA_FLAGS", "")
+  if "xla_cpu_enable_concurrency_optimized_scheduler" not in flags:
+    os.environ["XLA_FLAGS"] = (flags + " --xla_cpu_enable_concurrency_optimized_scheduler=false"
+                               ).strip()
   import jax  # pylint: disable=g-import-not-at-top
   _LOG.info("jax.distributed.initialize(%s)", kwargs or "auto-detected cluster")
   jax.distributed.initialize(**kwargs)

@@ -42,6 +42,7 @@ from mappa_jax.metrics import MetricWriter
 from mappa_jax.models import hf_io
 from mappa_jax.models.tokenizer import Tokenizer
 from mappa_jax.progress import phase
+from mappa_jax.rl import global_batch
 from mappa_jax.rl.experience import build_train_batch
 from mappa_jax.rl import objectives
 from mappa_jax.rl.update import advantage_stats_fn, init_train_state, make_update_step
@@ -77,12 +78,21 @@ class Trainer:
     self.workdir = os.path.abspath(workdir)
     self.agents = mconfig.agent_names(config)  # workflow order (ConfigDict sorts keys)
     self.loop = asyncio.new_event_loop()
-    self.train_tasks, self.eval_sets = factory.build_tasks(config, self.workdir)
+    # Multi-process: every process rolls out its shard of each step's tasks (see train_step).
+    self.process_index, self.process_count = jax.process_index(), jax.process_count()
+    self.multihost = self.process_count > 1
+    if config.rollout.rollout_batch_size % self.process_count:
+      raise ValueError(f"rollout.rollout_batch_size={config.rollout.rollout_batch_size} must be "
+                       f"a multiple of the number of processes ({self.process_count}) so every "
+                       "process rolls out the same number of tasks")
+    self.train_tasks, self.eval_sets = self._on_process0_first(
+        "build_tasks", lambda: factory.build_tasks(config, self.workdir))
     if len(self.train_tasks) < config.rollout.rollout_batch_size:
       raise ValueError(f"data: {len(self.train_tasks)} training tasks, fewer than "
                        f"rollout.rollout_batch_size={config.rollout.rollout_batch_size}")
     self.mesh = sharding.make_mesh(sharding.MeshConfig.from_config(config.mesh))
-    self.model_dir = factory.model_dir(config, self.workdir)
+    self.model_dir = self._on_process0_first(
+        "model_dir", lambda: factory.model_dir(config, self.workdir))
     self.tokenizer = Tokenizer.from_dir(self.model_dir)
     base = hf_io.load_hf(self.model_dir, mesh=self.mesh, param_dtype=config.model.param_dtype,
                          dtype=config.model.dtype, remat=bool(config.model.remat))
@@ -99,11 +109,17 @@ class Trainer:
     self.step_fns = {a: step_fns[self.update_configs[a]] for a in self.agents}
     self._stats_fns: dict[str, Any] = {}
     self.experience_config = factory.experience_config(config)
+    if self.multihost:
+      # The sampler runs on this process's devices only: it gets a process-local replica.
+      models = {a: nnx.merge(self.graphdef, self._local_params(self.states[a].params))
+                for a in self.agents}
     self.engine = self._build_engine(models)
     self.coach_stats = build_stats(config.coach)
     self.coach = _RecordingCoach(build_coach(config.coach, self.workdir), self.coach_stats)
     self.sandbox = factory.build_sandbox(config)
     workspaces = os.path.join(self.workdir, "workspaces")
+    if self.multihost:  # processes share the workdir, not their sandboxes' files
+      workspaces = os.path.join(workspaces, f"process{self.process_index}")
     self.workflow = factory.build_workflow(
         config, engine=self.engine, tokenizer=self.tokenizer, coach=self.coach,
         sandbox=self.sandbox, workspace_root=workspaces)
@@ -118,9 +134,40 @@ class Trainer:
 
   # ------------------------------------------------------------------------------ setup
 
+  def _on_process0_first(self, name: str, fn):
+    """Runs `fn` on process 0, then (after a barrier) on the others: files that `fn` writes
+    into the shared workdir (tiny model, DSBench suite) are written once."""
+    if not self.multihost:
+      return fn()
+    from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+    out = fn() if self.process_index == 0 else None
+    multihost_utils.sync_global_devices(f"mappa_trainer_{name}")
+    return out if self.process_index == 0 else fn()
+
+  def _local_params(self, params):
+    """What the rollout engine samples with: the params themselves in a single process, a
+    process-local replica (collective) when they are global arrays across processes."""
+    return global_batch.local_replica(params) if self.multihost else params
+
+  def _global_rng(self, key):
+    """The update key as a replicated global array (every process holds the same key)."""
+    if not self.multihost:
+      return key
+    from jax.sharding import NamedSharding, PartitionSpec  # pylint: disable=g-import-not-at-top
+    data = np.asarray(jax.random.key_data(key))
+    rep = NamedSharding(self.mesh, PartitionSpec())
+    return jax.random.wrap_key_data(
+        jax.make_array_from_process_local_data(rep, data, data.shape),
+        impl=jax.random.key_impl(key))
+
   def _build_engine(self, models):
     rollout = self.config.rollout
     if rollout.engine == "sglang":
+      if self.multihost:
+        # Every process would export the same weights into one directory and reload the same
+        # servers; one exporter per run is not written yet.
+        raise ValueError("rollout.engine='sglang' is single-process for now: run the trainer "
+                         "as one process, or use rollout.engine='inprocess' across processes")
       from mappa_jax.rollout.publish import WeightPublisher
       from mappa_jax.rollout.sglang_engine import SGLangEngine
       publisher = WeightPublisher(os.path.join(self.workdir, "published"),
@@ -130,7 +177,8 @@ class Trainer:
                           publisher=publisher)
     from mappa_jax.rollout.engine import InProcessEngine, InProcessEngineConfig
     return InProcessEngine(models, eos_token_ids=self.tokenizer.eos_token_ids,
-                           config=InProcessEngineConfig(seed=int(self.config.seed)))
+                           config=InProcessEngineConfig(
+                               seed=int(self.config.seed) + 1000 * self.process_index))
 
   def _restore(self) -> None:
     restored = self.checkpoints.restore(agents_target=self._checkpoint_state())
@@ -138,12 +186,15 @@ class Trainer:
       return
     for agent in self.agents:
       self.states[agent] = _like(self.states[agent], restored.agents[agent])
-      self.loop.run_until_complete(
-          self.engine.publish(agent, self.states[agent].params, restored.step))
+      self.loop.run_until_complete(self.engine.publish(
+          agent, self._local_params(self.states[agent].params), restored.step))
     self.step = restored.step
     self.data_state = dict(restored.data_state or self.data_state)
     if restored.rng is not None:
       self.rng = restored.rng
+      if self.multihost:  # back to a process-local key (saved as a replicated global array)
+        self.rng = jax.random.wrap_key_data(
+            np.asarray(jax.random.key_data(self.rng)), impl=jax.random.key_impl(self.rng))
     log.info("resumed from step %d (%s)", self.step, self.checkpoints.directory)
 
   # ------------------------------------------------------------------------------- data
@@ -188,6 +239,8 @@ class Trainer:
                                      rationale=f"neutral score (invalid: {reason})")
 
   def _rollout_metrics(self, trajs: list[Trajectory]) -> dict[str, float]:
+    if self.multihost:
+      return self._global_rollout_metrics(trajs)
     out: dict[str, float] = {"rollout/trajectories": len(trajs),
                              "rollout/errors": sum(bool(t.error) for t in trajs)}
     # MathChat: rule/coach-judged correctness; DSBench: submission validity and metric gain.
@@ -202,6 +255,32 @@ class Trainer:
         out[f"rollout/{agent}/response_tokens"] = float(np.mean(
             [len(a.response_ids) for a in actions]))
         out[f"rollout/{agent}/truncated"] = float(np.mean([a.truncated for a in actions]))
+    return out
+
+  def _global_rollout_metrics(self, trajs: list[Trajectory]) -> dict[str, float]:
+    """_rollout_metrics over every process's trajectories: sums and counts are all-gathered,
+    means are taken over the global counts (collective)."""
+    sums: dict[str, float] = {"trajectories": len(trajs),
+                              "errors": sum(bool(t.error) for t in trajs)}
+    for key in ("rule_correct", "coach_correct", "valid", "normalized_gain"):
+      values = [float(t.outcome[key]) for t in trajs if key in t.outcome]
+      sums[f"{key}/sum"], sums[f"{key}/n"] = sum(values), len(values)
+    for agent in self.agents:
+      actions = [a for t in trajs for a in t.actions_of(agent)]
+      sums[f"{agent}/actions"] = len(actions)
+      sums[f"{agent}/response_tokens"] = sum(len(a.response_ids) for a in actions)
+      sums[f"{agent}/truncated"] = sum(bool(a.truncated) for a in actions)
+    total = global_batch.sum_over_processes(sums)
+    out = {"rollout/trajectories": total["trajectories"], "rollout/errors": total["errors"]}
+    for key in ("rule_correct", "coach_correct", "valid", "normalized_gain"):
+      if total[f"{key}/n"]:
+        out[f"rollout/{key}"] = total[f"{key}/sum"] / total[f"{key}/n"]
+    for agent in self.agents:
+      n = total[f"{agent}/actions"]
+      if n:
+        out[f"rollout/{agent}/actions"] = n
+        out[f"rollout/{agent}/response_tokens"] = total[f"{agent}/response_tokens"] / n
+        out[f"rollout/{agent}/truncated"] = total[f"{agent}/truncated"] / n
     return out
 
   # ----------------------------------------------------------------------------- update
@@ -222,11 +301,19 @@ class Trainer:
     batches = {}
     for agent in self.agents:
       batch, stats = build_train_batch(trajs, agent, self.experience_config)
+      if self.multihost:  # agree on one shape; counts become global (collective)
+        shape = global_batch.agree_shape(
+            batch, stats, samples_per_optimizer_step=self.experience_config.rows_multiple,
+            data_parallel=self.mesh.shape["data"] * self.mesh.shape["fsdp"])
+        stats = {**stats, **shape.totals}
       for key in ("actions", "invalid", "truncated", "left_truncated"):
         metrics[f"experience/{agent}/{key}"] = float(stats[key])
       if stats["actions"] == 0:
         log.warning("step %d: agent %s has no actions; its update is skipped", self.step, agent)
         continue
+      if self.multihost:
+        batch = global_batch.to_global(batch, trajs, agent, shape, self.mesh,
+                                       max_strata=self.experience_config.max_strata)
       batches[agent] = batch
     pooled = self._pooled_stats(batches)
     for agent, batch in batches.items():
@@ -234,15 +321,23 @@ class Trainer:
       # Activation sharding constraints apply while the step is traced (first call per shape).
       with sharding.activation_sharding(self.mesh):
         self.states[agent], m = self.step_fns[agent](self.states[agent], self.ref_params, batch,
-                                                     key, pooled)
+                                                     self._global_rng(key), pooled)
       metrics.update({f"train/{agent}/{k}": float(v) for k, v in jax.device_get(m).items()})
-      self.loop.run_until_complete(
-          self.engine.publish(agent, self.states[agent].params, self.step))
+      self.loop.run_until_complete(self.engine.publish(
+          agent, self._local_params(self.states[agent].params), self.step))
     return metrics
 
   # ------------------------------------------------------------------------------- eval
 
   def evaluate(self, step: int) -> dict[str, float]:
+    """Runs every eval set and logs its scalars.
+
+    Multi-process: every process evaluates ALL eval tasks with its own replica of the (identical)
+    weights; only process 0 writes the results JSON and TensorBoard. Simple and correct, but
+    evaluation is not sped up by more processes (its samples differ per process: engine seeds
+    differ, so each process's report is one valid estimate): process 0's scalars are logged and
+    returned on every process, so checkpoint metrics agree.
+    """
     scalars: dict[str, float] = {}
     kind = "math" if self.config.workflow == "mathchat" else "dsbench"
     out_dir = os.path.join(self.workdir, "eval_results")
@@ -253,10 +348,13 @@ class Trainer:
           n_samples=int(self.config.eval.n_samples_per_prompt),
           max_concurrency=int(self.config.rollout.max_concurrent_workflows),
           seed=int(self.config.seed),
-          results_path=os.path.join(out_dir, f"step{step:06d}_{name}.json")))
+          results_path=(os.path.join(out_dir, f"step{step:06d}_{name}.json")
+                        if self.process_index == 0 else None)))
       log.info("eval %s at step %d (%.1f s): %s", name, step, time.perf_counter() - t0,
                json.dumps({k: round(v, 4) for k, v in sorted(report.scalars().items())[:12]}))
       scalars.update(report.scalars())
+    if self.multihost:
+      scalars = global_batch.from_process0(scalars)
     self.writer.scalars(step, scalars)
     return scalars
 
@@ -276,6 +374,8 @@ class Trainer:
     """One global step; returns its scalars (already written to TensorBoard)."""
     self.step += 1
     tasks = self._next_tasks()
+    if self.multihost:  # every process draws the same global batch and rolls out its shard
+      tasks = tasks[self.process_index::self.process_count]
     t0 = time.perf_counter()
     trajs = self.loop.run_until_complete(self._run_all(
         self.workflow, tasks, int(self.config.rollout.n_samples_per_prompt)))
@@ -310,9 +410,9 @@ class Trainer:
         metrics = self.train_step()
         if cfg.eval.every_steps and self.step % cfg.eval.every_steps == 0:
           metrics.update(self.evaluate(self.step))
-        self.checkpoints.save(self.step, self._checkpoint_state(), rng=self.rng,
-                              data_state=self.data_state, metrics=metrics,
-                              force=self.step == num_steps)
+        self.checkpoints.save(self.step, self._checkpoint_state(),
+                              rng=self._global_rng(self.rng), data_state=self.data_state,
+                              metrics=metrics, force=self.step == num_steps)
         bar.update(1)
         log.info("step %d: %s", self.step, _summary(metrics))
     self.close()
