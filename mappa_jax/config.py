@@ -392,6 +392,7 @@ def _check(c: _Checker) -> None:
   c.field("train.weight_decay", "number", _non_negative, "Use >= 0.")
   c.field("train.max_grad_norm", "number", _non_negative, "Use >= 0 (0 = no clipping).")
   c.field("train.fp32_master_weights", "bool")
+  c.field("train.pack_sequences", "bool")
   per_step = c.field("train.samples_per_optimizer_step", "int", _positive, "Use >= 1.")
   micro = c.field("train.micro_batch_size", "int", _positive, "Use >= 1.")
   if per_step is not None and micro is not None and per_step % micro:

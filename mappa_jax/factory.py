@@ -118,6 +118,7 @@ def experience_config(config: ml_collections.ConfigDict) -> ExperienceConfig:
   return ExperienceConfig(
       token_buckets=tuple(int(t) for t in config.train.token_budget_buckets),
       rows_multiple=int(config.train.samples_per_optimizer_step),
+      pack=bool(config.train.pack_sequences),
       reward_scale=float(config.rl.reward_scale),
       reward_source="outcome" if config.rl.advantage_estimator == "outcome" else "process",
       # Outcome-only ablation: MathChat's rule-graded correctness, DSBench's metric gain over

@@ -219,10 +219,12 @@ class Trainer:
 
   # ---------------------------------------------------------------------------- rollout
 
-  async def _run_all(self, workflow, tasks, n_samples: int) -> list[Trajectory]:
-    trajs = await eval_runner.run_trajectories(
-        tasks, workflow.run, n_samples=n_samples,
-        max_concurrency=int(self.config.rollout.max_concurrent_workflows))
+  async def _run_all(self, workflow, tasks, n_samples: int, name: str = "rollout"
+                     ) -> list[Trajectory]:
+    with phase(name, total=len(tasks) * n_samples, unit="traj") as bar:
+      trajs = await eval_runner.run_trajectories(
+          tasks, _counted(workflow.run, bar), n_samples=n_samples,
+          max_concurrency=int(self.config.rollout.max_concurrent_workflows))
     # Completion order is nondeterministic; training order must not be.
     return sorted(trajs, key=lambda t: (t.task_id, t.sample_index))
 
@@ -343,13 +345,15 @@ class Trainer:
     out_dir = os.path.join(self.workdir, "eval_results")
     for name, tasks in self.eval_sets.items():
       t0 = time.perf_counter()
-      report, _ = self.loop.run_until_complete(eval_runner.run_eval(
-          name, tasks, self.eval_workflow.run, kind=kind,
-          n_samples=int(self.config.eval.n_samples_per_prompt),
-          max_concurrency=int(self.config.rollout.max_concurrent_workflows),
-          seed=int(self.config.seed),
-          results_path=(os.path.join(out_dir, f"step{step:06d}_{name}.json")
-                        if self.process_index == 0 else None)))
+      n_samples = int(self.config.eval.n_samples_per_prompt)
+      with phase(f"eval {name}", total=len(tasks) * n_samples, unit="traj") as bar:
+        report, _ = self.loop.run_until_complete(eval_runner.run_eval(
+            name, tasks, _counted(self.eval_workflow.run, bar), kind=kind,
+            n_samples=n_samples,
+            max_concurrency=int(self.config.rollout.max_concurrent_workflows),
+            seed=int(self.config.seed),
+            results_path=(os.path.join(out_dir, f"step{step:06d}_{name}.json")
+                          if self.process_index == 0 else None)))
       log.info("eval %s at step %d (%.1f s): %s", name, step, time.perf_counter() - t0,
                json.dumps({k: round(v, 4) for k, v in sorted(report.scalars().items())[:12]}))
       scalars.update(report.scalars())
@@ -431,6 +435,16 @@ class Trainer:
     if closer is not None:
       self.loop.run_until_complete(closer())
     self.sandbox.close()
+
+
+def _counted(run, bar):
+  """`run(task, i)` that advances the progress bar when it finishes (or fails)."""
+  async def counted(task, i):
+    try:
+      return await run(task, i)
+    finally:
+      bar.update(1)
+  return counted
 
 
 def _like(state, restored: dict):
