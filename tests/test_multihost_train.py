@@ -22,11 +22,10 @@ import pytest
 from tensorboard.backend.event_processing import event_accumulator
 
 from mappa_jax import sharding as shd
-from mappa_jax.coach.types import CoachResult
 from mappa_jax.rl import global_batch
 from mappa_jax.rl.experience import ExperienceConfig, build_train_batch
 from mappa_jax.rl.update import UpdateConfig, advantages
-from mappa_jax.workflows.records import Action, Trajectory
+from tests.rl.random_trajectories import random_trajectories
 
 _OVERRIDES = [
     "--config.rollout.rollout_batch_size=2",
@@ -97,20 +96,7 @@ jax.distributed.shutdown()
 
 
 def _trajectories():
-  rng = np.random.default_rng(0)
-  trajs = []
-  for i in range(7):
-    acts = []
-    for turn in range(1 + i % 2):
-      n = int(rng.integers(1, 6))
-      acts.append(Action(
-          agent="a", turn=turn, prompt_ids=list(rng.integers(0, 50, int(rng.integers(1, 5)))),
-          response_ids=list(rng.integers(0, 50, n)), rollout_logprobs=[-1.0] * n,
-          finish_reason="length" if i == 3 else "stop",
-          coach=CoachResult(status="invalid") if i == 5 else
-          CoachResult(status="scored", score=float(rng.integers(0, 11)))))
-    trajs.append(Trajectory(f"t{i // 2}", i % 2, "aime" if i < 4 else "amc", actions=acts))
-  return trajs
+  return random_trajectories(0)
 
 
 @pytest.mark.parametrize("whiten,baseline,pack", [("per_agent", "none", False),

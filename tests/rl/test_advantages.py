@@ -6,31 +6,18 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from mappa_jax.coach.types import CoachResult
 from mappa_jax.rl import objectives as obj
 from mappa_jax.rl.experience import ExperienceConfig
 from mappa_jax.rl.experience import build_train_batch
 from mappa_jax.rl.update import UpdateConfig
 from mappa_jax.rl.update import advantages
-from mappa_jax.workflows.records import Action
-from mappa_jax.workflows.records import Trajectory
+from tests.rl.random_trajectories import random_trajectories
 
 
 @pytest.fixture(scope="module")
 def batch_and_logprobs():
-  rng = np.random.default_rng(0)
-  trajs = []
-  for i in range(7):
-    acts = []
-    for turn in range(1 + i % 2):
-      n = int(rng.integers(1, 6))
-      acts.append(Action(
-          agent="a", turn=turn, prompt_ids=list(rng.integers(0, 50, int(rng.integers(1, 5)))),
-          response_ids=list(rng.integers(0, 50, n)), rollout_logprobs=[-1.0] * n,
-          finish_reason="length" if i == 3 else "stop",
-          coach=CoachResult(status="invalid") if i == 5 else
-          CoachResult(status="scored", score=float(rng.integers(0, 11)))))
-    trajs.append(Trajectory(f"t{i // 2}", i % 2, "aime" if i < 4 else "amc", actions=acts))
+  trajs = random_trajectories(0)
+  rng = np.random.default_rng(1)
   batch, _ = build_train_batch(trajs, "a", ExperienceConfig(token_buckets=(16,),
                                                             rows_multiple=4))
   batch = jax.tree.map(jnp.asarray, batch)
