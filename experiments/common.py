@@ -34,6 +34,18 @@ def _c(**fields) -> ml_collections.ConfigDict:
   return ml_collections.ConfigDict(fields)
 
 
+def base_config(preset: str, *, workflow: str) -> ml_collections.ConfigDict:
+  """The fields every experiment starts with: run identity, model and mesh."""
+  config = ml_collections.ConfigDict()
+  config.name = f"{workflow}-{preset}"  # run name: TensorBoard run dir <workdir>/tensorboard/<name>
+  config.seed = 42  # REF global seed
+  config.workflow = workflow  # which workflow drives the agents
+  config.preset = preset  # the preset this config was built from (informational)
+  config.model = model_section(preset)
+  config.mesh = mesh_section(preset)
+  return config
+
+
 def model_section(preset: str) -> ml_collections.ConfigDict:
   local = preset == "local"
   return _c(

@@ -23,14 +23,7 @@ from experiments import common  # pylint: disable=g-import-not-at-top,wrong-impo
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   preset = common.parse_preset(arg)
   local = preset == "local"
-  config = ml_collections.ConfigDict()
-  config.name = f"mathchat-{preset}"  # run name: TensorBoard run dir <workdir>/tensorboard/<name>
-  config.seed = 42  # REF global seed
-  config.workflow = "mathchat"  # which workflow drives the agents
-  config.preset = preset  # the preset this config was built from (informational)
-
-  config.model = common.model_section(preset)
-  config.mesh = common.mesh_section(preset)
+  config = common.base_config(preset, workflow="mathchat")
 
   config.agents = ml_collections.ConfigDict()
   config.agents.problem_solver = common.agent(

@@ -6,7 +6,6 @@ effect. The Trainer (mappa_jax/train.py) owns lifecycles; this module only const
 from __future__ import annotations
 
 import json
-import logging
 import math
 import os
 from pathlib import Path
@@ -19,8 +18,6 @@ from mappa_jax.data.loaders import Task
 from mappa_jax.rl.experience import ExperienceConfig
 from mappa_jax.rl.update import UpdateConfig
 from mappa_jax.rollout.types import SamplingParams
-
-log = logging.getLogger(__name__)
 
 # advantage_estimator (config) -> UpdateConfig.baseline; 'outcome' changes the reward source.
 _BASELINES = {"reinforce_pp": "none", "reinforce_pp_baseline": "reinforce_baseline",

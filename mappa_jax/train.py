@@ -131,6 +131,7 @@ class Trainer:
     self.rng = jax.random.key(int(config.seed))
     self.step = 0
     self.data_state = {"epoch": 0, "batch": 0}
+    self._epoch_batches = None  # (epoch, its batches of task indices)
 
   # ------------------------------------------------------------------------------ setup
 
@@ -204,14 +205,17 @@ class Trainer:
     size = int(self.config.rollout.rollout_batch_size)
     seed = int(self.config.data.subsample_seed)
     key = self.config.data.get("stratify_key", "")
-    sampler = None
-    if key:  # REF DSBench: fixed share of each task type per batch
-      sampler = batching.StratifiedBatchSampler(
-          [str(t.metadata.get(key, t.task_type)) for t in self.train_tasks], size, seed=seed)
     while True:
       epoch, index = self.data_state["epoch"], self.data_state["batch"]
-      batches = (sampler.batches(epoch) if sampler is not None else
-                 batching.epoch_batches(len(self.train_tasks), size, epoch, seed=seed))
+      if self._epoch_batches is None or self._epoch_batches[0] != epoch:  # once per epoch
+        if key:  # REF DSBench: fixed share of each task type per batch
+          batches = batching.StratifiedBatchSampler(
+              [str(t.metadata.get(key, t.task_type)) for t in self.train_tasks], size,
+              seed=seed).batches(epoch)
+        else:
+          batches = batching.epoch_batches(len(self.train_tasks), size, epoch, seed=seed)
+        self._epoch_batches = (epoch, batches)
+      batches = self._epoch_batches[1]
       if index < len(batches):
         self.data_state = {"epoch": epoch, "batch": index + 1}
         return [self.train_tasks[i] for i in batches[index]]

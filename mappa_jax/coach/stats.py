@@ -128,18 +128,9 @@ class CoachStats:
       for role, s in sorted(self._roles.items()):
         for k, v in self._role_scalars(s).items():
           out[f"{prefix}/{role}/{k}"] = v
-        total.scores += s.scores
-        total.lengths += s.lengths
-        total.n += s.n
-        total.invalid += s.invalid
-        total.parse_failures += s.parse_failures
-        total.answer_votes += s.answer_votes
-        total.latencies += s.latencies
-        total.tokens_in += s.tokens_in
-        total.tokens_out += s.tokens_out
-        total.cost += s.cost
-        total.cache_hits += s.cache_hits
-        total.disagreement += s.disagreement
+        for f in dataclasses.fields(_RoleStats):
+          if f.name != "by_type":  # per task type stays per role
+            setattr(total, f.name, getattr(total, f.name) + getattr(s, f.name))
       if self._roles:
         for k, v in self._role_scalars(total).items():
           out[f"{prefix}/all/{k}"] = v
