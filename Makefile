@@ -11,7 +11,9 @@ STAMP := $(VENV)/.mappa_jax-installed
 
 .PHONY: run test venv clean-venv
 
+# ensure_bwrap.sh installs bubblewrap (the code sandbox) when missing and possible, else says how.
 run: $(STAMP)
+	@bash launch/ensure_bwrap.sh
 	$(VENV)/bin/python launch/run.py --config=$(CONFIG) --workdir=$(WORKDIR) $(ARGS)
 
 # pytest exits 5 when it collects no tests: make treats that as the failure it is.

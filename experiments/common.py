@@ -207,7 +207,8 @@ def train_section(preset: str, *, paper_num_steps: int,
 def sandbox_section(preset: str, *, paper_timeout_s: float) -> ml_collections.ConfigDict:
   local = preset == "local"
   return _c(
-      backend="auto",  # 'auto' (bwrap if available) | 'bwrap' | 'process' (no isolation)
+      backend="auto",  # 'auto'/'bwrap' (bubblewrap; refuses to run without it) | 'process'
+      allow_unisolated=False,  # True: accept 'process' running model-written code unisolated
       timeout_s=10.0 if local else paper_timeout_s,  # REF wall time per code block
       memory_mb=1024 if local else 4096,  # address-space limit (RLIMIT_AS) per process
       max_concurrency=4 if local else 30,  # REF simultaneous executions

@@ -431,7 +431,12 @@ def _check(c: _Checker) -> None:
     c.error("data.synthetic.n_train", "is 0 but data.source='synthetic'; use >= 1")
 
   # sandbox
-  c.choice("sandbox.backend", ("auto", "bwrap", "process"))
+  sandbox_backend = c.choice("sandbox.backend", ("auto", "bwrap", "process"))
+  unisolated = c.field("sandbox.allow_unisolated", "bool")
+  if sandbox_backend == "process" and unisolated is False:  # fail closed: an explicit opt-in
+    c.error("sandbox.backend", "= 'process' runs model-written code with NO isolation and "
+            "needs sandbox.allow_unisolated=true (--config.sandbox.allow_unisolated=true) to "
+            "accept that; or use backend='auto'/'bwrap' (`apt-get install bubblewrap`)")
   c.field("sandbox.timeout_s", "number", _positive, "Use > 0.")
   c.field("sandbox.memory_mb", "int", _positive, "Use >= 1.")
   c.field("sandbox.max_concurrency", "int", _positive, "Use >= 1.")

@@ -101,12 +101,18 @@ def model_dir(config: ml_collections.ConfigDict, workdir: str) -> str:
 
 
 def build_sandbox(config: ml_collections.ConfigDict):
-  """The code sandbox with the `sandbox` section's limits."""
+  """The code sandbox with the `sandbox` section's limits.
+
+  Fails closed (the Trainer builds it before any rollout): raises SandboxUnavailable when
+  bubblewrap is missing, unless the config explicitly chose backend='process' with
+  allow_unisolated=True.
+  """
   from mappa_jax.tools.sandbox import Sandbox, SandboxLimits
   sb = config.sandbox
   limits = SandboxLimits(timeout_s=float(sb.timeout_s), memory_bytes=int(sb.memory_mb) << 20,
                          output_keep_bytes=int(sb.output_cap_chars))
-  return Sandbox(sb.backend, limits, max_concurrency=int(sb.max_concurrency))
+  return Sandbox(sb.backend, limits, allow_unisolated=bool(sb.get("allow_unisolated", False)),
+                 max_concurrency=int(sb.max_concurrency))
 
 
 # --------------------------------------------------------------------------------------- RL

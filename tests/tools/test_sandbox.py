@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from mappa_jax.tools import sandbox as sbx
+from mappa_jax.tools.isolation import RunCgroup
 from mappa_jax.tools.workspace import Workspace
 
 REPO = Path(__file__).resolve().parents[2]
@@ -182,7 +183,7 @@ def test_no_capabilities_and_no_nested_namespaces(box, ws):
 
 
 def test_fork_bomb_is_capped_by_pids_cgroup(box, ws):
-  assert sbx._PidsCgroup.parent() is not None, "no pids cgroup: process count unbounded"
+  assert RunCgroup.parent() is not None, "no pids cgroup: process count unbounded"
   r = run(box, """
       import os, time
       ok = failed = 0
@@ -231,7 +232,7 @@ DAEMON = """
 
 @pytest.mark.parametrize("backend", ["bwrap", "process"])
 def test_daemonized_child_dies_with_the_run(box, ws, backend):
-  b = box if backend == "bwrap" else sbx.Sandbox("process", FAST)
+  b = box if backend == "bwrap" else sbx.Sandbox("process", FAST, allow_unisolated=True)
   r = run(b, DAEMON, ws)
   assert "parent exits" in r.stdout
   time.sleep(2.5)
@@ -281,7 +282,7 @@ def test_runs_overlap_up_to_the_concurrency_limit(box, tmp_path):
 
 
 def test_process_backend_limits(ws):
-  b = sbx.Sandbox("process", FAST)
+  b = sbx.Sandbox("process", FAST, allow_unisolated=True)
   r = run(b, "import os; print(os.getcwd()); open('a.txt','w').write('1')", ws)
   assert r.exit_code == 0 and r.stdout.strip() == str(ws.path) and r.files_changed == ("a.txt",)
   r = run(b, "while True: pass", ws, timeout_s=1.0)
@@ -303,10 +304,55 @@ def test_bad_backend_names_the_fix():
     sbx.Sandbox("docker")
 
 
-def test_auto_without_bwrap_falls_back_loudly(monkeypatch, caplog):
-  monkeypatch.setattr(sbx.shutil, "which", lambda name: None)
-  with caplog.at_level("WARNING"):
-    b = sbx.Sandbox("auto")
-  assert b.backend == "process" and "bubblewrap (bwrap) not found" in caplog.text
-  with pytest.raises(RuntimeError, match="apt-get install bubblewrap"):
-    sbx.Sandbox("bwrap")
+def test_unprivileged_uid_and_no_new_privs(box, ws):
+  """Defence in depth: uid/gid 65534 in the sandbox, PR_SET_NO_NEW_PRIVS set (by bwrap)."""
+  assert box._userns, "bubblewrap without --disable-userns: no own user namespace"
+  r = run(box, """
+      import os
+      status = dict(l.split(':', 1) for l in open('/proc/self/status').read().splitlines())
+      print(os.getuid(), os.geteuid(), os.getgid(), status['NoNewPrivs'].strip())
+      open('mine.txt', 'w').write('x')
+      """, ws)
+  assert r.stdout.split() == ["65534", "65534", "65534", "1"], r.stdout + r.stderr
+  assert (ws.path / "mine.txt").read_text() == "x"  # the workspace stays writable
+
+
+def test_nothing_of_the_host_home_is_visible(box, ws):
+  home = Path(os.path.expanduser("~")).resolve()
+  # Only interpreter prefixes under the home (e.g. ~/.pyenv/versions/X) may be bound there.
+  allowed = {Path(p).relative_to(home).parts[0] for p in box._ro_paths
+             if Path(p).is_relative_to(home)}
+  host = sorted(os.listdir(home)) if os.access(home, os.R_OK) else []
+  r = run(box, f"""
+      import json, os
+      home = {str(home)!r}
+      print(json.dumps([os.environ['HOME'],
+                        sorted(os.listdir(home)) if os.path.isdir(home) else []]))
+      """, ws)
+  env_home, seen = json.loads(r.stdout)
+  assert env_home == "/tmp"
+  assert set(seen) <= allowed, (seen, allowed)
+  assert not set(seen) & (set(host) - allowed)
+
+
+def test_memory_cgroup_caps_the_whole_process_tree(box, ws):
+  """Four children of 160 MB each stay under RLIMIT_AS (512 MB) but not under the run's 256 MB."""
+  if RunCgroup.parents()["memory"] is None:
+    pytest.skip("no writable memory cgroup on this machine (optional layer)")
+  r = run(box, """
+      import os, time
+      kids = []
+      for i in range(4):
+        pid = os.fork()
+        if pid == 0:
+          b = b'x' * (160 << 20)   # touched pages: charged to the cgroup
+          time.sleep(3)
+          os._exit(0)
+        kids.append(pid)
+      codes = [os.waitpid(p, 0)[1] for p in kids]
+      print(sum(c != 0 for c in codes))
+      """, ws, memory_bytes=512 << 20, tree_memory_bytes=256 << 20, timeout_s=30)
+  killed = r.stdout.split()
+  # Either the cgroup OOM-killed children (reported) or the whole tree (no report at all).
+  assert (killed and int(killed[0]) >= 2) or r.exit_code != 0, r.stdout + r.stderr
+  assert sandbox_processes() == []
