@@ -37,6 +37,7 @@ from mappa_jax.checkpoint import CheckpointManager
 from mappa_jax.coach import build_coach, build_stats
 from mappa_jax.coach.types import CoachResult
 from mappa_jax.data import batching
+from mappa_jax.eval import report as eval_report
 from mappa_jax.eval import runner as eval_runner
 from mappa_jax.metrics import MetricWriter
 from mappa_jax.models import hf_io
@@ -357,10 +358,15 @@ class Trainer:
             max_concurrency=int(self.config.rollout.max_concurrent_workflows),
             seed=int(self.config.seed),
             results_path=(os.path.join(out_dir, f"step{step:06d}_{name}.json")
-                          if self.process_index == 0 else None)))
+                          if self.process_index == 0 else None),
+            trajectories_path=(os.path.join(out_dir, f"step{step:06d}_{name}.trajectories.jsonl")
+                               if self.process_index == 0 else None),
+            decode=self.tokenizer.decode))
       log.info("eval %s at step %d (%.1f s): %s", name, step, time.perf_counter() - t0,
                json.dumps({k: round(v, 4) for k, v in sorted(report.scalars().items())[:12]}))
       scalars.update(report.scalars())
+    if self.process_index == 0:
+      log.info("eval report: %s", eval_report.write_report(self.workdir))
     if self.multihost:
       scalars = global_batch.from_process0(scalars)
     self.writer.scalars(step, scalars)

@@ -25,6 +25,7 @@ import numpy as np
 from mappa_jax.data import dsbench, grading
 from mappa_jax.data.loaders import Task
 from mappa_jax.eval import metrics
+from mappa_jax.workflows import records
 from mappa_jax.workflows.records import Trajectory
 
 
@@ -325,7 +326,9 @@ async def run_trajectories(tasks: Sequence[Task], run_one: RunOne, *, n_samples:
 
 async def run_eval(name: str, tasks: Sequence[Task], run_one: RunOne, *, kind: str,
                    n_samples: int = 4, max_concurrency: int = 16, k_values: Sequence[int] = (1,),
-                   n_boot: int = 2000, seed: int = 0, results_path: str | None = None
+                   n_boot: int = 2000, seed: int = 0, results_path: str | None = None,
+                   trajectories_path: str | None = None,
+                   decode: Callable[[list[int]], str] | None = None
                    ) -> tuple[EvalReport, list[Trajectory]]:
   """Runs a workflow over an eval set and aggregates ('math' or 'dsbench').
 
@@ -336,6 +339,9 @@ async def run_eval(name: str, tasks: Sequence[Task], run_one: RunOne, *, kind: s
     kind: 'math' or 'dsbench'.
     n_samples: samples per task.
     results_path: when given, the results JSON is written there.
+    trajectories_path: when given, every trajectory is written there as JSONL (sorted by task
+      id and sample index; see records.write_trajectories), for `eval/report.py`.
+    decode: token ids -> text, to dump each action's prompt text with the trajectories.
   """
   if kind not in ("math", "dsbench"):
     raise ValueError(f"kind must be 'math' or 'dsbench', got {kind!r}")
@@ -351,4 +357,7 @@ async def run_eval(name: str, tasks: Sequence[Task], run_one: RunOne, *, kind: s
     report = evaluate_dsbench(name, tasks, samples, n_boot=n_boot, seed=seed)
   if results_path:
     write_results(report, results_path)
+  if trajectories_path:
+    records.write_trajectories(sorted(trajs, key=lambda t: (str(t.task_id), t.sample_index)),
+                               trajectories_path, decode=decode)
   return report, trajs

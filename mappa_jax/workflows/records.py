@@ -7,7 +7,10 @@ context the agent actually generated from (earlier turns and tool responses incl
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
+import json
+import math
+import os
+from typing import Any, Callable, Iterable
 
 from mappa_jax.coach.types import CoachResult
 
@@ -92,3 +95,86 @@ class Trajectory:
 
   def actions_of(self, agent: str) -> list[Action]:
     return [a for a in self.actions if a.agent == agent]
+
+
+# ----------------------------------------------------------------------------- JSON dumps
+
+
+def _jsonable(x: Any) -> Any:
+  """JSON-safe copy: non-finite floats -> None, numpy scalars -> Python, unknown -> str.
+
+  Metadata is free-form (paths, numpy values, tuples); a dump must never fail on it.
+  """
+  if x is None or isinstance(x, (bool, str, int)):
+    return x
+  if isinstance(x, float):
+    return x if math.isfinite(x) else None
+  if isinstance(x, dict):
+    return {str(k): _jsonable(v) for k, v in x.items()}
+  if isinstance(x, (list, tuple, set, frozenset)):
+    return [_jsonable(v) for v in x]
+  if hasattr(x, "item") and callable(x.item):  # numpy / jax scalars
+    try:
+      return _jsonable(x.item())
+    except (TypeError, ValueError):
+      pass
+  return str(x)
+
+
+def trajectory_to_dict(traj: Trajectory, decode: Callable[[list[int]], str] | None = None
+                       ) -> dict[str, Any]:
+  """A JSON-safe dict of one trajectory for reports and debugging (token ids left out).
+
+  Args:
+    traj: the trajectory.
+    decode: token ids -> text; when given, each action's `prompt_text` is its decoded
+      prompt_ids (the exact context the agent saw), else the key is omitted.
+
+  Returns:
+    {task_id, sample_index, task_type, final_answer, outcome, error, metadata, actions: [...]}
+    where each action has agent, turn, [prompt_text], text, finish_reason, truncated,
+    n_prompt_tokens, n_response_tokens, weight_version, tool_calls, tool_observation,
+    timings and coach (every CoachResult field plus is_scored, or None).
+  """
+  actions = []
+  for a in traj.actions:
+    d: dict[str, Any] = {"agent": a.agent, "turn": a.turn}
+    if decode is not None:
+      d["prompt_text"] = decode(list(a.prompt_ids))
+    d.update(
+        text=a.text, finish_reason=a.finish_reason, truncated=a.truncated,
+        n_prompt_tokens=len(a.prompt_ids), n_response_tokens=len(a.response_ids),
+        weight_version=a.weight_version,
+        tool_calls=[{"code": t.code, "stdout": t.stdout, "stderr": t.stderr,
+                     "exit_code": t.exit_code, "timed_out": t.timed_out,
+                     "files_changed": list(t.files_changed)} for t in a.tool_calls],
+        tool_observation=a.tool_observation, timings=dict(a.timings),
+        coach=(None if a.coach is None
+               else dict(dataclasses.asdict(a.coach), is_scored=a.coach.is_scored)))
+    actions.append(d)
+  return _jsonable({
+      "task_id": str(traj.task_id), "sample_index": traj.sample_index,
+      "task_type": traj.task_type, "final_answer": traj.final_answer,
+      "outcome": traj.outcome, "error": traj.error, "metadata": traj.metadata,
+      "actions": actions})
+
+
+def write_trajectories(trajs: Iterable[Trajectory], path: str | os.PathLike,
+                       decode: Callable[[list[int]], str] | None = None) -> str:
+  """Writes trajectories as JSONL (one trajectory_to_dict per line, atomically); returns path."""
+  path = os.fspath(path)
+  os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+  tmp = f"{path}.tmp.{os.getpid()}"
+  with open(tmp, "w", encoding="utf-8") as f:
+    for traj in trajs:
+      f.write(json.dumps(trajectory_to_dict(traj, decode), allow_nan=False,
+                         ensure_ascii=False))
+      f.write("\n")
+  os.replace(tmp, path)  # a reader (the report) never sees a half-written file
+  return path
+
+
+def read_trajectories(path: str | os.PathLike) -> list[dict[str, Any]]:
+  """Reads a write_trajectories JSONL file back into a list of dicts (blank lines skipped)."""
+  with open(os.fspath(path), encoding="utf-8") as f:
+    return [json.loads(line) for line in f if line.strip()]
