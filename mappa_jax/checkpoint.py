@@ -9,13 +9,17 @@ Orbax writes each step into a temporary directory and renames it when complete, 
 mid-save leaves the previous checkpoint as the latest one (atomic), and writes in the
 background when `async_save` (call `wait()` before reading what was just written).
 Retention: the newest `keep_last` steps, plus the best one by `keep_best_metric`.
+
+    python -m mappa_jax.checkpoint digest WORKDIR [--step=N]   # '<agent> <sha256>' per agent
 """
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import logging
 import os
-from typing import Any, Mapping
+import sys
+from typing import Any, Mapping, Sequence
 
 import jax
 import numpy as np
@@ -232,3 +236,87 @@ class CheckpointManager:
 
   def __exit__(self, *exc) -> None:
     self.close()
+
+
+# ---------------------------------------------------------------------------- digests
+
+
+def _key_name(key: Any) -> str:
+  """One path entry as a plain name, whatever the container (dict, list, attribute)."""
+  for attr in ("key", "idx", "name"):
+    if hasattr(key, attr):
+      return str(getattr(key, attr))
+  return str(key)
+
+
+def params_digest(tree: Any) -> str:
+  """sha256 of a parameter pytree, independent of container types and leaf order.
+
+  Leaves are hashed in path-sorted order ('/'-joined key names), each as its path, dtype,
+  shape and C-order bytes, so two trees digest equal iff every named array is bit-identical.
+  Leaves must be addressable on this process (a restored checkpoint, a local replica).
+  """
+  leaves = []
+  for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
+    leaves.append(("/".join(_key_name(k) for k in path), np.ascontiguousarray(np.asarray(leaf))))
+  h = hashlib.sha256()
+  for name, arr in sorted(leaves, key=lambda x: x[0]):
+    # Length-prefixed fields: no two different (path, dtype, shape, bytes) runs collide.
+    for field in (name.encode(), str(arr.dtype).encode(), repr(arr.shape).encode(),
+                  arr.tobytes()):
+      h.update(len(field).to_bytes(8, "little"))
+      h.update(field)
+  return h.hexdigest()
+
+
+def _checkpoint_dir(run: str) -> str:
+  """<run>/checkpoints for a trainer workdir; `run` itself when it is the checkpoint directory."""
+  nested = os.path.join(run, "checkpoints")
+  return nested if os.path.isdir(nested) else run
+
+
+def checkpoint_digests(run: str, step: int | None = None) -> tuple[int, dict[str, str]]:
+  """-> (step, {agent: params_digest of its 'params'}) of the latest (or given) checkpoint.
+
+  Raises:
+    FileNotFoundError: no checkpoint directory, no checkpoint, or no checkpoint at `step`.
+  """
+  directory = _checkpoint_dir(run)
+  if not os.path.isdir(directory):  # CheckpointManager would create it: read-only here
+    raise FileNotFoundError(f"no checkpoints: {directory} does not exist (is {run} a workdir "
+                            "of `launch/run.py`?)")
+  with CheckpointManager(directory, async_save=False) as manager:
+    steps = manager.all_steps()
+    if not steps:
+      raise FileNotFoundError(f"no checkpoints in {directory}")
+    if step is not None and step not in steps:
+      raise FileNotFoundError(f"no checkpoint at step {step} in {directory}; steps: {steps}")
+    restored = manager.restore(step)
+  out = {}
+  for agent, state in sorted(restored.agents.items()):
+    params = state["params"] if isinstance(state, Mapping) and "params" in state else state
+    out[agent] = params_digest(params)
+  return restored.step, out
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+  """CLI: `digest W [--step=N]` prints '<agent> <sha256 of its params>' per agent."""
+  import argparse  # pylint: disable=g-import-not-at-top
+  ap = argparse.ArgumentParser(prog="python -m mappa_jax.checkpoint")
+  sub = ap.add_subparsers(dest="command", required=True)
+  dig = sub.add_parser("digest", help="sha256 of each agent's parameters in a checkpoint")
+  dig.add_argument("run", help="trainer workdir (or its checkpoints/ directory)")
+  dig.add_argument("--step", type=int, default=None, help="checkpoint step (default: latest)")
+  args = ap.parse_args(argv)
+  try:
+    _, digests = checkpoint_digests(args.run, args.step)
+  except FileNotFoundError as e:
+    print(f"mappa_jax.checkpoint: {e}", file=sys.stderr)
+    return 1
+  for agent, digest in digests.items():
+    print(f"{agent} {digest}")
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())
