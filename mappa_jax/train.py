@@ -39,6 +39,7 @@ from mappa_jax.coach.types import CoachResult
 from mappa_jax.data import batching
 from mappa_jax.eval import report as eval_report
 from mappa_jax.eval import runner as eval_runner
+from mappa_jax.eval import summary as eval_summary
 from mappa_jax.metrics import MetricWriter
 from mappa_jax.models import hf_io
 from mappa_jax.models.tokenizer import Tokenizer
@@ -182,8 +183,9 @@ class Trainer:
                            config=InProcessEngineConfig(
                                seed=int(self.config.seed) + 1000 * self.process_index))
 
-  def _restore(self) -> None:
-    restored = self.checkpoints.restore(agents_target=self._checkpoint_state())
+  def _restore(self, step: int | None = None) -> None:
+    """Restores checkpoint `step` (default: the latest, if any) into the states and engine."""
+    restored = self.checkpoints.restore(step, agents_target=self._checkpoint_state())
     if restored is None:
       return
     for agent in self.agents:
@@ -430,6 +432,8 @@ class Trainer:
         bar.update(1)
         log.info("step %d: %s", self.step, _summary(metrics))
     self.close()
+    if self.process_index == 0 and eval_summary.has_before_after(self.workdir):
+      print(eval_summary.run_summary(self.workdir), flush=True)  # for the user, not the log
     return metrics
 
   def _checkpoint_state(self) -> dict[str, Any]:

@@ -43,6 +43,10 @@ class SampleRecord:
     success: DSBench: a valid submission.
     metric, value, baseline_value, fair_value, normalized_gain, higher_is_better: DSBench
       scoring (see dsbench.score_submission).
+    agent_scores: agent -> mean of its scored coach scores in this trajectory (agents without
+      a scored action are absent).
+    outcome_metrics: the trajectory's other numeric outcome signals (MathChat:
+      executor_code_ok, verifier_agrees_tool), everything but rule/coach correctness.
   """
   task_id: str
   sample_index: int
@@ -59,6 +63,28 @@ class SampleRecord:
   fair_value: float | None = None
   normalized_gain: float | None = None
   higher_is_better: bool | None = None
+  agent_scores: dict[str, float] = dataclasses.field(default_factory=dict)
+  outcome_metrics: dict[str, float] = dataclasses.field(default_factory=dict)
+
+
+def _agent_scores(traj: Trajectory) -> dict[str, float]:
+  """agent -> mean scored coach score over the agent's actions (unscored ones left out)."""
+  scores: dict[str, list[float]] = {}
+  for a in traj.actions:
+    if a.coach is not None and a.coach.status == "scored" and a.coach.score is not None:
+      scores.setdefault(a.agent, []).append(float(a.coach.score))
+  return {agent: float(np.mean(v)) for agent, v in scores.items()}
+
+
+# Outcome keys that already have their own SampleRecord fields.
+_GRADE_KEYS = ("rule_correct", "coach_correct")
+
+
+def _outcome_metrics(traj: Trajectory) -> dict[str, float]:
+  """The finite numeric traj.outcome entries other than rule/coach correctness."""
+  return {k: float(v) for k, v in traj.outcome.items()
+          if k not in _GRADE_KEYS and isinstance(v, (int, float, np.number))
+          and not isinstance(v, bool) and math.isfinite(float(v))}
 
 
 def _last_score(traj: Trajectory, agent: str | None) -> float | None:
@@ -89,7 +115,8 @@ def math_sample(traj: Trajectory, task: Task, *, final_agent: str | None = "veri
       task_type=traj.task_type or task.task_type, answer=answer,
       rule_correct=None if rule is None else float(rule),
       coach_correct=None if coach is None else float(coach),
-      process_score=_last_score(traj, final_agent), error=traj.error)
+      process_score=_last_score(traj, final_agent), error=traj.error,
+      agent_scores=_agent_scores(traj), outcome_metrics=_outcome_metrics(traj))
 
 
 def dsbench_sample(traj: Trajectory, task: Task, *, final_agent: str | None = "analyst",
@@ -191,7 +218,8 @@ def _stat(per: dict[str, float], n_boot: int, seed: int) -> dict[str, float]:
 def evaluate_math(name: str, tasks: Sequence[Task], samples: Sequence[SampleRecord], *,
                   k_values: Sequence[int] = (1,), n_boot: int = 2000, seed: int = 0
                   ) -> EvalReport:
-  """Math aggregates: rule vs coach accuracy, majority, cons@n, pass@k, per task type."""
+  """Math aggregates: rule vs coach accuracy, majority, cons@n, pass@k, per task type, plus
+  'coach_score/<agent>' and every outcome metric of the samples (e.g. 'executor_code_ok')."""
   by_id = {t.task_id: t for t in tasks}
   unknown = {s.task_id for s in samples} - set(by_id)
   if unknown:
@@ -225,8 +253,22 @@ def evaluate_math(name: str, tasks: Sequence[Task], samples: Sequence[SampleReco
   for ttype in sorted({by_id[i].task_type for i in per_rule}):
     sub = {i: v for i, v in per_rule.items() if by_id[i].task_type == ttype}
     summary[f"rule_accuracy/{ttype}"] = float(np.mean(list(sub.values())))
+  # Per-agent coach scores and the workflow's outcome metrics: per-problem means over the
+  # samples that have the value, CI over problems (the unit of sampling, as for accuracy).
+  extra: dict[str, list[tuple[str, float]]] = {}
+  for s in samples:
+    for agent, score in s.agent_scores.items():
+      extra.setdefault(f"coach_score/{agent}", []).append((s.task_id, score))
+    for key, value in s.outcome_metrics.items():
+      extra.setdefault(key, []).append((s.task_id, value))
+  extra_per: dict[str, dict[str, float]] = {}
+  for key in sorted(extra):
+    extra_per[key] = metrics.per_problem_mean([t for t, _ in extra[key]],
+                                              [v for _, v in extra[key]])
+    summary[key] = _stat(extra_per[key], n_boot, seed)
   per_task = {
       tid: {"rule_accuracy": per_rule[tid], "coach_accuracy": per_coach.get(tid),
+            **{key: per.get(tid) for key, per in extra_per.items()},
             "task_type": by_id[tid].task_type, "gold": by_id[tid].answer,
             "answers": [s.answer for s in samples if s.task_id == tid]}
       for tid in per_rule}

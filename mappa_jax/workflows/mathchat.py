@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+import re
 from typing import Any, Sequence
 
 from mappa_jax.coach.types import CoachRequest
@@ -127,6 +128,37 @@ class MathChatWorkflow(Workflow):
       text = code_blocks.visible_part(self.tokenizer.strip_special_text(ver[-1].text))
       traj.outcome["rule_correct"] = await asyncio.to_thread(grading.grade_response, text,
                                                              task.answer)
+    # Per-sample team diagnostics for the before/after table (eval/summary.py).
+    calls = [c for a in traj.actions_of("code_executor") for c in a.tool_calls]
+    traj.outcome["executor_code_ok"] = float(bool(calls) and all(
+        c.exit_code == 0 and not c.timed_out for c in calls))
+    printed = _last_printed_number(traj)
+    if printed is not None:
+      from mappa_jax.data import grading  # pylint: disable=g-import-not-at-top
+      agrees = bool(traj.final_answer) and await asyncio.to_thread(
+          grading.is_equivalent, traj.final_answer, printed)
+      traj.outcome["verifier_agrees_tool"] = float(agrees)
+
+
+# A printed number: integer, decimal, scientific or a fraction (sympy prints Rationals as 7/2);
+# thousands separators are allowed and removed; a sign counts only when it does not follow a
+# word or a number ('2024-01' is not -1).
+_NUMBER = re.compile(r"(?:(?<![\w.])[-+])?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?(?:[eE][-+]?\d+)?"
+                     r"(?:\s*/\s*\d+)?")
+
+
+def _last_printed_number(traj: Trajectory) -> str | None:
+  """The last number the Code Executor's last tool output printed (stdout), or None.
+
+  Falls back to the shown tool observation when the action has no ToolCall records.
+  """
+  for action in reversed(traj.actions_of("code_executor")):
+    if action.tool_calls or action.tool_observation:
+      text = ("\n".join(c.stdout for c in action.tool_calls) if action.tool_calls
+              else action.tool_observation)
+      found = _NUMBER.findall(text or "")
+      return re.sub(r"[,\s]", "", found[-1]) if found else None
+  return None
 
 
 def _answer(text: str) -> str | None:

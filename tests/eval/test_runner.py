@@ -87,6 +87,40 @@ def test_run_eval_math(tmp_path):
   assert ev.tensor_proto.float_val[0] == pytest.approx(s["rule_accuracy"]["mean"], rel=1e-6)
 
 
+def test_math_agent_scores_and_outcome_metrics():
+  tasks = _math_tasks()[:2]
+
+  async def run(task, i):
+    traj = Trajectory(task_id=task.task_id, sample_index=i, final_answer="\\boxed{2}")
+    # problem_solver: a scores 2 per sample, b 6 and 8; the executor's invalid verdict is
+    # left out of its mean.
+    traj.actions.append(_action("problem_solver", 2.0 if task.task_id == "a" else 6.0 + 2 * i))
+    traj.actions.append(_action("code_executor", 4.0))
+    traj.actions.append(_action("code_executor", 9.0 if i == 0 else 5.0))
+    traj.actions[-1].coach = (traj.actions[-1].coach if i == 0 else
+                              CoachResult(status="invalid", reason="parse"))
+    traj.outcome.update(rule_correct=1.0, executor_code_ok=float(i == 0), note="text")
+    if task.task_id == "b":
+      traj.outcome["verifier_agrees_tool"] = 1.0
+    return traj
+
+  report, _ = asyncio.run(runner.run_eval("toy", tasks, run, kind="math", n_samples=2))
+  by = {(r.task_id, r.sample_index): r for r in report.samples}
+  assert by["b", 1].agent_scores == {"problem_solver": 8.0, "code_executor": 4.0}
+  assert by["a", 0].agent_scores["code_executor"] == pytest.approx(6.5)
+  assert by["a", 0].outcome_metrics == {"executor_code_ok": 1.0}  # no grades, no text
+  s = report.summary
+  assert s["coach_score/problem_solver"]["mean"] == pytest.approx((2 + 7) / 2)
+  assert s["coach_score/code_executor"]["mean"] == pytest.approx((6.5 + 4) / 2)
+  assert s["executor_code_ok"]["mean"] == pytest.approx(0.5)
+  assert s["executor_code_ok"]["n"] == 2
+  assert s["verifier_agrees_tool"] == {"mean": 1.0, "ci_low": 1.0, "ci_high": 1.0, "n": 1}
+  assert report.per_task["b"]["coach_score/problem_solver"] == pytest.approx(7.0)
+  assert report.per_task["a"]["verifier_agrees_tool"] is None
+  assert "eval/toy/executor_code_ok_ci_high" in report.scalars()
+  json.dumps(report.to_json(), allow_nan=False)
+
+
 def test_math_with_synthetic_tasks_and_outcome_keys():
   tasks = synthetic.generate(5, split="eval", seed=0)
 

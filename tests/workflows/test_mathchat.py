@@ -62,6 +62,7 @@ def test_full_trajectory(tokenizer, sandbox):
   assert coach.requests[3].signals["answer"] == "42"
   assert all(a.coach is not None and a.coach.is_scored for a in traj.actions)
   assert traj.final_answer == "42" and traj.outcome["rule_correct"] == 1.0
+  assert traj.outcome["executor_code_ok"] == 1.0 and traj.outcome["verifier_agrees_tool"] == 1.0
   assert all(a.rollout_logprobs == [-1.0] * len(a.response_ids) for a in traj.actions)
 
 
@@ -99,6 +100,23 @@ def test_max_turn_stop_and_crash_surfaced(tokenizer, sandbox):
   assert ce[0].tool_calls[0].exit_code == 1
   assert "ZeroDivisionError" in tokenizer.decode(ce[1].prompt_ids)  # the agent saw the crash
   assert coach.of("Code Executor")[0].signals["tool_errors"] == 1
+  # The crashed blocks fail executor_code_ok; the last output printed no number ('before').
+  assert traj.outcome["executor_code_ok"] == 0.0
+  assert "verifier_agrees_tool" not in traj.outcome
+
+
+def test_verifier_disagreeing_with_the_tool_and_no_code(tokenizer, sandbox):
+  code = "Compute.\n</think>\n```python\nprint('total:', 1000 - 959)\n```"
+  script = dict(SCRIPT, code_executor=[code, CE_DONE])
+  traj = asyncio.run(make(tokenizer, sandbox, script=script)[0].run(TASK))
+  assert traj.actions_of("code_executor")[0].tool_calls[0].stdout.strip() == "total: 41"
+  assert traj.outcome["executor_code_ok"] == 1.0
+  assert traj.outcome["verifier_agrees_tool"] == 0.0  # boxed 42, the tool printed 41
+  # No code at all: the executor did not run code (0.0) and there is nothing to agree with.
+  traj = asyncio.run(make(tokenizer, sandbox, script=dict(SCRIPT, code_executor=[CE_DONE]))[0]
+                     .run(TASK))
+  assert traj.outcome["executor_code_ok"] == 0.0
+  assert "verifier_agrees_tool" not in traj.outcome
 
 
 def test_downstream_agents_do_not_wait_for_the_coach(tokenizer, sandbox):
