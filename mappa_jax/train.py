@@ -166,18 +166,22 @@ class Trainer:
   def _build_engine(self, models):
     rollout = self.config.rollout
     if rollout.engine == "sglang":
-      if self.multihost:
-        # Every process would export the same weights into one directory and reload the same
-        # servers; one exporter per run is not written yet.
-        raise ValueError("rollout.engine='sglang' is single-process for now: run the trainer "
-                         "as one process, or use rollout.engine='inprocess' across processes")
       from mappa_jax.rollout.publish import WeightPublisher
       from mappa_jax.rollout.sglang_engine import SGLangEngine
+      # Multi-process: one copy of the weights per server, so process 0 alone exports and
+      # reloads; every process generates (rollout/multiprocess.py). Only the HF export (what
+      # the servers load): an Orbax save is collective across processes and would wait for
+      # the others forever.
       publisher = WeightPublisher(os.path.join(self.workdir, "published"),
                                   templates=next(iter(models.values())),
-                                  tokenizer_dirs=self.model_dir)
-      return SGLangEngine({a: tuple(rollout.sglang_urls[a]) for a in self.agents},
-                          publisher=publisher)
+                                  tokenizer_dirs=self.model_dir, write_orbax=not self.multihost
+                                  ) if self.process_index == 0 else None
+      engine = SGLangEngine({a: tuple(rollout.sglang_urls[a]) for a in self.agents},
+                            publisher=publisher)
+      if self.multihost:
+        from mappa_jax.rollout.multiprocess import SharedSGLangEngine
+        engine = SharedSGLangEngine(engine, process_index=self.process_index)
+      return engine
     from mappa_jax.rollout.engine import InProcessEngine, InProcessEngineConfig
     return InProcessEngine(models, eos_token_ids=self.tokenizer.eos_token_ids,
                            config=InProcessEngineConfig(
@@ -292,6 +296,19 @@ class Trainer:
         out[f"rollout/{agent}/truncated"] = total[f"{agent}/truncated"] / n
     return out
 
+  def _coach_scalars(self) -> dict[str, float]:
+    """coach/<role>/* of this step. Multi-process: over every process's verdicts (the raw
+    records are all-gathered and merged, so counts are global sums and means, percentiles and
+    correlations are those of the pooled verdicts; collective). Evaluation runs every eval
+    task on every process, so its coach calls (counted in the next step) count once per
+    process."""
+    if not self.multihost:
+      return self.coach_stats.to_scalars()
+    merged = build_stats(self.config.coach)
+    for state in global_batch.allgather_json(self.coach_stats.state()):
+      merged.merge(state)
+    return merged.to_scalars()
+
   # ----------------------------------------------------------------------------- update
 
   def _pooled_stats(self, batches):
@@ -402,7 +419,7 @@ class Trainer:
     t2 = time.perf_counter()
     metrics.update({"time/rollout_s": t1 - t0, "time/update_s": t2 - t1,
                     "data/epoch": float(self.data_state["epoch"])})
-    metrics.update(self.coach_stats.to_scalars())
+    metrics.update(self._coach_scalars())
     self.coach_stats.reset()  # statistics are per step (evaluation calls count in the next)
     if self.step % int(self.config.logging.every_steps) == 0:
       self.writer.scalars(self.step, metrics)

@@ -47,6 +47,13 @@ def _leaves(result: CoachResult) -> tuple[CoachResult, ...]:
   return (result,)
 
 
+def _plain(value):
+  """A copy of one _RoleStats field as plain JSON-able data."""
+  if isinstance(value, dict):
+    return {k: list(v) for k, v in value.items()}
+  return list(value) if isinstance(value, list) else value
+
+
 class CoachStats:
   """Thread-safe accumulator of coach verdicts.
 
@@ -119,6 +126,25 @@ class CoachStats:
       out[f"score_mean/{task_type}"] = float(np.mean(scores))
       out[f"n/{task_type}"] = float(len(scores))
     return out
+
+  def state(self) -> dict[str, dict]:
+    """The raw per-role records as plain JSON-able data (for merging across processes)."""
+    with self._lock:
+      return {role: {f.name: _plain(getattr(s, f.name)) for f in dataclasses.fields(s)}
+              for role, s in self._roles.items()}
+
+  def merge(self, state: dict[str, dict]) -> None:
+    """Adds the records of another accumulator's `state()` (lists concatenated, counts and
+    costs added), so merged scalars equal those of one accumulator that saw every verdict."""
+    with self._lock:
+      for role, fields in state.items():
+        s = self._roles[role]
+        for f in dataclasses.fields(_RoleStats):
+          if f.name == "by_type":
+            for task_type, scores in fields["by_type"].items():
+              s.by_type[task_type].extend(scores)
+          else:
+            setattr(s, f.name, getattr(s, f.name) + fields[f.name])
 
   def to_scalars(self, prefix: str = "coach") -> dict[str, float]:
     """{'coach/<role>/<stat>': value} for every role seen, plus 'coach/all/<stat>'."""

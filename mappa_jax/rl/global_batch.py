@@ -27,6 +27,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import hashlib
+import json
 from typing import Any, Sequence
 
 import jax
@@ -171,6 +172,20 @@ def sum_over_processes(values: dict[str, float]) -> dict[str, float]:
   local = np.asarray([float(values[k]) for k in keys], np.float32)
   total = np.asarray(multihost_utils.process_allgather(local)).reshape(-1, len(keys)).sum(0)
   return dict(zip(keys, (float(v) for v in total)))
+
+
+def allgather_json(value: Any) -> list[Any]:
+  """Every process's JSON-able `value`, in process order, on every process (collective).
+
+  For small variable-size records (e.g. coach statistics): the UTF-8 JSON is padded to the
+  longest process's length, since an all-gather needs one shape everywhere.
+  """
+  data = np.frombuffer(json.dumps(value).encode("utf-8"), np.uint8)
+  sizes = np.asarray(multihost_utils.process_allgather(np.asarray([data.size], np.int32)))
+  sizes = sizes.reshape(-1)
+  table = np.asarray(multihost_utils.process_allgather(_pad(data, (int(sizes.max()),), 0)))
+  table = table.reshape(sizes.size, -1)
+  return [json.loads(bytes(row[:n]).decode("utf-8")) for row, n in zip(table, sizes)]
 
 
 def from_process0(values: dict[str, float]) -> dict[str, float]:
