@@ -13,6 +13,8 @@ Prints one `RESULT {json}` line. Modes:
           the overrides; trains train.num_steps steps and reports, per step, the weight version
           of every sampled action, the number of /generate calls this process made, and where
           the weights were published.
+  barrier SharedSGLangEngine alone against the fake SGLang server at the URL given: publish
+          version 1 (process 0 takes 2 s to write it), then generate once at once.
 """
 import json
 import os
@@ -138,10 +140,51 @@ def run_sglang(workdir, overrides):
           "published": published, "publisher": trainer.engine.engine.publisher is not None}
 
 
+class _SlowPublisher:
+  """Writes a fake HF dir (what FakeSGLang checks for) after a delay: a real export takes time,
+  and that is when a process without a barrier would already sample the old weights."""
+
+  def __init__(self, root, delay_s):
+    self.root, self.delay_s = root, delay_s
+
+  def write(self, agent, params, version):
+    import pathlib  # pylint: disable=g-import-not-at-top
+    import time  # pylint: disable=g-import-not-at-top
+    from mappa_jax.rollout import publish  # pylint: disable=g-import-not-at-top
+    time.sleep(self.delay_s)
+    path = pathlib.Path(self.root) / agent / publish.version_dirname(version)
+    (path / publish.HF_SUBDIR).mkdir(parents=True)
+    (path / publish.HF_SUBDIR / "config.json").write_text("{}")
+    (path / publish.HF_SUBDIR / "model.safetensors").write_text("")
+    return publish.PublishedVersion(agent, version, path, None, path / publish.HF_SUBDIR)
+
+
+def run_barrier(workdir, args):
+  """SharedSGLangEngine alone: publish version 1 (process 0 slowly), then generate at once."""
+  import asyncio  # pylint: disable=g-import-not-at-top
+  from mappa_jax.rollout.multiprocess import SharedSGLangEngine  # pylint: disable=g-import-not-at-top
+  from mappa_jax.rollout.sglang_engine import SGLangEngine  # pylint: disable=g-import-not-at-top
+  from mappa_jax.rollout.types import SamplingParams  # pylint: disable=g-import-not-at-top
+  pid = jax.process_index()
+  publisher = _SlowPublisher(workdir, delay_s=2.0) if pid == 0 else None
+  engine = SharedSGLangEngine(SGLangEngine({"a": [args[0]]}, publisher=publisher),
+                              process_index=pid)
+
+  async def main():
+    try:
+      await engine.publish("a", None, 1)
+      done = await engine.generate("a", [5 + pid], SamplingParams(max_new_tokens=3, seed=pid))
+      return done.weight_version
+    finally:
+      await engine.aclose()
+
+  return {"weight_version": asyncio.run(main())}
+
+
 def main():
   distributed.initialize()
   mode, workdir, overrides = sys.argv[1], sys.argv[2], sys.argv[3:]
-  result = {"update": run_update, "sglang": run_sglang}[mode](workdir, overrides)
+  result = {"update": run_update, "sglang": run_sglang, "barrier": run_barrier}[mode](workdir, overrides)
   result["process"] = jax.process_index()
   print("RESULT " + json.dumps(result), flush=True)
   if jax.process_count() > 1:

@@ -7,7 +7,9 @@
   equal one accumulator's over all of them;
 * SGLang across processes: two processes train two steps against our SGLang-protocol servers
   (one per agent, in this process); both send generation requests, only process 0 publishes,
-  and every action of step s was sampled with weight version s - 1 (none stale);
+  and every action of step s was sampled with weight version s - 1 (none stale; in the
+  trainer, later collectives order the processes too, so the barrier is also tested alone);
+* the publish barrier alone (SharedSGLangEngine, a fake SGLang server, a slow process 0);
 * DSBench: one step of `launch/run.py` on the default local preset in two processes; the
   global counts are the one-process ones (2 trajectories, one action of every agent each)
   and the coach statistics count every process's verdicts.
@@ -138,6 +140,25 @@ def test_sglang_servers_shared_by_two_processes(tmp_path):
     for agent in agents:
       assert r["metrics"][f"train/{agent}/loss"] == results[0]["metrics"][f"train/{agent}/loss"]
   assert final == {a: 2 for a in agents}
+
+
+@pytest.mark.slow
+def test_no_process_samples_before_process0_has_published(tmp_path):
+  """The publish barrier on its own (the trainer's later collectives would hide its absence):
+  process 0 takes 2 s to write version 1; process 1 returns from publish only once the server
+  serves it, so its very next request is answered by version 1."""
+  from tests.rollout.test_sglang_engine import Servers  # pylint: disable=g-import-not-at-top
+  servers = Servers(1)
+  try:
+    results, _ = _launch(2, ["tests/multiprocess_worker.py", "barrier", str(tmp_path),
+                             servers.urls[0]], timeout=300)
+    fake = servers.fakes[0]
+  finally:
+    servers.close()
+  assert {p: r["weight_version"] for p, r in results.items()} == {0: 1, 1: 1}
+  # One process (0) drove the update; both sent their generate request.
+  assert [c[0] for c in fake.control] == ["pause", "update", "continue"]
+  assert sorted(r["input_ids"][-1] for r in fake.requests) == [5, 6]
 
 
 def _scalars(logdir):
