@@ -551,11 +551,37 @@ class SavedConfig:
   python_path: str
 
 
+def _read(path: str) -> str:
+  with open(path, encoding="utf-8") as f:
+    return f.read()
+
+
+def previous_configs(workdir: str) -> list[str]:
+  """The config.<n>.py files `save` kept in `workdir`, oldest first."""
+  names = os.listdir(workdir) if os.path.isdir(workdir) else []
+  kept = sorted((int(m.group(1)), n) for n in names
+                if (m := re.fullmatch(r"config\.(\d+)\.py", n)))
+  return [os.path.join(workdir, n) for _, n in kept]
+
+
 def save(config: ml_collections.ConfigDict, workdir: str, header: str = "") -> SavedConfig:
-  """Writes <workdir>/config.json and <workdir>/config.py (atomically, via rename)."""
+  """Writes <workdir>/config.json and <workdir>/config.py (atomically, via rename).
+
+  A workdir that already holds a different config (a resume with changed settings) keeps it as
+  config.<n>.json / config.<n>.py (n = 1, 2, ...) first: the config that wrote the existing
+  checkpoints is never lost, and an incompatible resume can name it.
+  """
   os.makedirs(workdir, exist_ok=True)
   paths = SavedConfig(os.path.join(workdir, "config.json"), os.path.join(workdir, "config.py"))
-  for path, text in ((paths.json_path, to_json(config)),
+  new_json = to_json(config)
+  if os.path.isfile(paths.json_path) and _read(paths.json_path) != new_json:
+    kept = previous_configs(workdir)
+    n = int(re.fullmatch(r".*config\.(\d+)\.py", kept[-1]).group(1)) + 1 if kept else 1
+    for path in (paths.json_path, paths.python_path):
+      if os.path.isfile(path):
+        stem, ext = os.path.splitext(path)
+        os.replace(path, f"{stem}.{n}{ext}")
+  for path, text in ((paths.json_path, new_json),
                      (paths.python_path, to_python(config, header))):
     tmp = f"{path}.tmp.{os.getpid()}"
     with open(tmp, "w") as f:
@@ -565,7 +591,7 @@ def save(config: ml_collections.ConfigDict, workdir: str, header: str = "") -> S
 
 
 __all__ = ["ConfigError", "WORKFLOW_AGENTS", "agent_names", "load_config", "validate",
-           "flatten", "to_json", "to_python", "save", "explain_parse_error",
+           "flatten", "to_json", "to_python", "save", "previous_configs", "explain_parse_error",
            "unknown_field_message"]
 
 

@@ -35,7 +35,7 @@ from mappa_jax import factory
 from mappa_jax import sharding
 from mappa_jax.checkpoint import CheckpointManager
 from mappa_jax.coach import build_coach, build_stats
-from mappa_jax.coach.types import CoachResult
+from mappa_jax.coach.types import CoachFatalError, CoachResult
 from mappa_jax.data import batching
 from mappa_jax.eval import report as eval_report
 from mappa_jax.eval import runner as eval_runner
@@ -48,6 +48,7 @@ from mappa_jax.rl import global_batch
 from mappa_jax.rl.experience import build_train_batch
 from mappa_jax.rl import objectives
 from mappa_jax.rl.update import advantage_stats_fn, init_train_state, make_update_step
+from mappa_jax.rollout.seeds import derive_seed
 from mappa_jax.workflows.records import Trajectory
 
 log = logging.getLogger(__name__)
@@ -183,17 +184,36 @@ class Trainer:
         engine = SharedSGLangEngine(engine, process_index=self.process_index)
       return engine
     from mappa_jax.rollout.engine import InProcessEngine, InProcessEngineConfig
+    # Batch-invariant sampling: a row's logits (so its logprobs, hence the update) are
+    # bit-identical only between batches of the same padded shapes (XLA picks kernels by
+    # shape), and which requests batch together depends on timing. An agent never has more
+    # requests in flight than there are workflows: that is the one batch size.
+    size = int(rollout.max_concurrent_workflows)
     return InProcessEngine(models, eos_token_ids=self.tokenizer.eos_token_ids,
                            config=InProcessEngineConfig(
-                               seed=int(self.config.seed) + 1000 * self.process_index))
+                               seed=int(self.config.seed) + 1000 * self.process_index,
+                               max_batch_size=size, batch_buckets=(size,),
+                               batch_invariant=True))
 
   def _restore(self, step: int | None = None) -> None:
     """Restores checkpoint `step` (default: the latest, if any) into the states and engine."""
-    restored = self.checkpoints.restore(step, agents_target=self._checkpoint_state())
-    if restored is None:
-      return
+    try:
+      restored = self.checkpoints.restore(step, agents_target=self._checkpoint_state())
+      if restored is None:
+        return
+      states = {a: _like(self.states[a], restored.agents[a]) for a in self.agents}
+    except Exception as e:  # a read-only failure: nothing in the workdir is touched
+      # launch/run.py keeps a replaced config as config.<n>.py (mconfig.save): the newest one
+      # is the config the checkpoints were written with.
+      kept = mconfig.previous_configs(self.workdir)
+      original = kept[-1] if kept else os.path.join(self.workdir, "config.py")
+      raise ValueError(
+          f"checkpoint: cannot resume {self.checkpoints.directory} with this config ({e}). "
+          "The workdir was written by another config (model architecture, agents or "
+          "optimizer); its checkpoints are untouched. Either train with a new --workdir, or "
+          f"resume with the config that wrote it: --config={original}") from e
     for agent in self.agents:
-      self.states[agent] = _like(self.states[agent], restored.agents[agent])
+      self.states[agent] = states[agent]
       self.loop.run_until_complete(self.engine.publish(
           agent, self._local_params(self.states[agent].params), restored.step))
     self.step = restored.step
@@ -360,9 +380,9 @@ class Trainer:
 
     Multi-process: every process evaluates ALL eval tasks with its own replica of the (identical)
     weights; only process 0 writes the results JSON and TensorBoard. Simple and correct, but
-    evaluation is not sped up by more processes (its samples differ per process: engine seeds
-    differ, so each process's report is one valid estimate): process 0's scalars are logged and
-    returned on every process, so checkpoint metrics agree.
+    evaluation is not sped up by more processes (generation seeds are derived from the step,
+    eval set, task and sample, so every process samples the same trajectories): process 0's
+    scalars are logged and returned on every process, so checkpoint metrics agree.
     """
     scalars: dict[str, float] = {}
     kind = "math" if self.config.workflow == "mathchat" else "dsbench"
@@ -370,6 +390,7 @@ class Trainer:
     for name, tasks in self.eval_sets.items():
       t0 = time.perf_counter()
       n_samples = int(self.config.eval.n_samples_per_prompt)
+      self.eval_workflow.seed_base = derive_seed(int(self.config.seed), "eval", step, name)
       with phase(f"eval {name}", total=len(tasks) * n_samples, unit="traj") as bar:
         report, _ = self.loop.run_until_complete(eval_runner.run_eval(
             name, tasks, _counted(self.eval_workflow.run, bar), kind=kind,
@@ -406,6 +427,10 @@ class Trainer:
   def train_step(self) -> dict[str, float]:
     """One global step; returns its scalars (already written to TensorBoard)."""
     self.step += 1
+    # Every generation's seed comes from (run seed, step, task, sample, agent, turn), not from
+    # arrival order at the engine: the same config and seed give the same rollouts under any
+    # sandbox/coach timing, and a resumed run samples what an uninterrupted one would.
+    self.workflow.seed_base = derive_seed(int(self.config.seed), "train", self.step)
     tasks = self._next_tasks()
     if self.multihost:  # every process draws the same global batch and rolls out its shard
       tasks = tasks[self.process_index::self.process_count]
@@ -427,7 +452,22 @@ class Trainer:
     return metrics
 
   def train(self) -> dict[str, float]:
-    """Runs (or resumes) to `train.num_steps`; returns the last step's scalars."""
+    """Runs (or resumes) to `train.num_steps`; returns the last step's scalars.
+
+    A CoachFatalError (circuit breaker open, misconfigured coach, replay miss) stops the run:
+    pending checkpoint writes are finished first, so the last checkpoint stays the resume point.
+    """
+    try:
+      return self._train()
+    except CoachFatalError as e:
+      self.checkpoints.wait()  # an async save of the last step completes before we report it
+      log.error("run stopped at step %d by the coach: %s. The last checkpoint (step %s in %s) "
+                "is intact: fix the coach and rerun the same command to resume.", self.step, e,
+                self.checkpoints.latest_step(), self.checkpoints.directory)
+      self.close()
+      raise
+
+  def _train(self) -> dict[str, float]:
     self._restore()
     cfg = self.config
     if cfg.eval.at_start and self.step == 0 and cfg.eval.every_steps:

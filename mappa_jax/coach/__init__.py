@@ -16,8 +16,10 @@ from mappa_jax.coach.types import Coach, CoachRequest, CoachResult
 # (extra) are optional refinements the standard section may leave out.
 CONFIG_FIELDS: dict[str, tuple[Any, str]] = {
     "kind": ("rule", "'rule' | 'openai' | 'panel' | 'replay' (cache only; a miss is an error)"),
-    "model": ("", "model name sent to the endpoint (part of the cache key)"),
-    "base_url": ("", "OpenAI-compatible endpoint, e.g. http://127.0.0.1:30000/v1"),
+    "model": ("", "model name sent to the endpoint (part of the cache key: it identifies the "
+                  "coach)"),
+    "base_url": ("", "OpenAI-compatible endpoint, e.g. http://127.0.0.1:30000/v1 (not part of "
+                     "the cache key: the same model served elsewhere is the same coach)"),
     "api_key_env": ("COACH_API_KEY", "environment variable holding the API key ('' = none)"),
     "temperature": (0.0, "coach sampling temperature"),
     "max_output_tokens": (None, "reply token limit (None: endpoint default)"),

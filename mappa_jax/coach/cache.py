@@ -1,12 +1,17 @@
 """Content-addressed SQLite cache of coach verdicts (WAL mode), and replay.
 
 Key = sha256 of (model, template hash, rendered prompt, decoding parameters, sample index), so
-any change to what the coach would be asked gives a new key. Only replies of the model are
-stored (a score, or a reply that stayed unparseable after the re-ask): transport errors,
-timeouts and open circuit breakers are never cached. The API key is never part of a key or a
-row. Safe for concurrent use from threads and from asyncio tasks: each thread has its own
-connection, writes are single statements, and the first writer of a key wins (so replies at
-temperature > 0 stay reproducible).
+any change to what the coach would be asked gives a new key. What identifies a coach is the
+model name and how it is asked (rubric template, decoding, sample index), not where it is
+served: `base_url` (and the display name built from it) is deliberately NOT in the key, so a
+run replayed with `coach.kind=replay`, or resumed against the same model behind another URL
+(a local server moved to another port, a proxy), answers from the same rows; a different
+model served under the same name would share them too, so give it its own `coach.model`.
+Only replies of the model are stored (a score, or a reply that stayed unparseable after the
+re-ask): transport errors, timeouts and open circuit breakers are never cached. The API key is
+never part of a key or a row. Safe for concurrent use from threads and from asyncio tasks:
+each thread has its own connection, writes are single statements, and the first writer of a
+key wins (so replies at temperature > 0 stay reproducible).
 """
 from __future__ import annotations
 
@@ -17,6 +22,8 @@ import os
 import sqlite3
 import threading
 import time
+
+from mappa_jax.coach.types import CoachFatalError
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS verdicts (
@@ -35,8 +42,9 @@ CREATE TABLE IF NOT EXISTS verdicts (
 )"""
 
 
-class CoachCacheMissError(KeyError):
-  """Replay mode found no cached verdict for a request."""
+class CoachCacheMissError(CoachFatalError, KeyError):
+  """Replay mode found no cached verdict for a request (fatal: a replay must not invent or
+  mask verdicts the original run had)."""
 
 
 def cache_key(model: str, template_hash: str, prompt: str, decoding: dict,

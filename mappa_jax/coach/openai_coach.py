@@ -30,16 +30,16 @@ from mappa_jax.coach import parsing
 from mappa_jax.coach import requests as rq
 from mappa_jax.coach import rubrics
 from mappa_jax.coach.cache import CachedVerdict, CoachCache, CoachCacheMissError, cache_key
-from mappa_jax.coach.types import CoachRequest, CoachResult
+from mappa_jax.coach.types import CoachFatalError, CoachRequest, CoachResult
 
 log = logging.getLogger(__name__)
 
 
-class CoachUnavailableError(RuntimeError):
+class CoachUnavailableError(CoachFatalError, RuntimeError):
   """The coach endpoint failed persistently (circuit breaker open): stop the step."""
 
 
-class CoachConfigError(ValueError):
+class CoachConfigError(CoachFatalError, ValueError):
   """The coach cannot work as configured (missing key, 401/403/404 from the endpoint)."""
 
 
@@ -235,6 +235,8 @@ class OpenAICoach:
         request, self.config.limits, self.config.ground_truth_roles)
 
   def key_for(self, request: CoachRequest) -> str:
+    """The verdict's cache key: model, rubric template, prompt, decoding and sample index
+    (never base_url: see mappa_jax/coach/cache.py)."""
     rendered = self.render(request)
     return cache_key(self.config.model, rendered.template_hash, rendered.text,
                      self.config.decoding(), self._sample_index(request))

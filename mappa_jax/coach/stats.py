@@ -110,11 +110,15 @@ class CoachStats:
            "parse_failures": float(s.parse_failures),
            "tokens_in": float(s.tokens_in), "tokens_out": float(s.tokens_out),
            "cost_usd": s.cost, "cache_hit_rate": s.cache_hits / s.n if s.n else 0.0}
-    if s.scores:
-      out["score_mean"] = float(np.mean(s.scores))
-      out["score_std"] = float(np.std(s.scores))
-    if len(s.scores) > 1 and np.std(s.scores) > 0 and np.std(s.lengths) > 0:
-      out["score_length_corr"] = float(np.corrcoef(s.scores, s.lengths)[0, 1])
+    # Verdicts arrive in completion order, which depends on latency; float sums depend on
+    # order, so every statistic is taken over sorted values (same verdicts, same scalars).
+    pairs = sorted(zip(s.scores, s.lengths))
+    scores, lengths = [p[0] for p in pairs], [p[1] for p in pairs]
+    if scores:
+      out["score_mean"] = float(np.mean(scores))
+      out["score_std"] = float(np.std(scores))
+    if len(scores) > 1 and np.std(scores) > 0 and np.std(lengths) > 0:
+      out["score_length_corr"] = float(np.corrcoef(scores, lengths)[0, 1])
     if s.answer_votes:
       out["answer_correct_rate"] = float(np.mean(s.answer_votes))
     if s.latencies:
@@ -123,7 +127,7 @@ class CoachStats:
     if s.disagreement:
       out["disagreement_std_mean"] = float(np.mean(s.disagreement))
     for task_type, scores in sorted(s.by_type.items()):
-      out[f"score_mean/{task_type}"] = float(np.mean(scores))
+      out[f"score_mean/{task_type}"] = float(np.mean(sorted(scores)))
       out[f"n/{task_type}"] = float(len(scores))
     return out
 

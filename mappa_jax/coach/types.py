@@ -77,6 +77,12 @@ class CoachResult:
     return self.status == "scored"
 
 
+class CoachFatalError(Exception):
+  """A coach failure that must stop the run instead of masking the action: the endpoint is
+  down for good (circuit breaker open), misconfigured, or a replay has no verdict. Workflows
+  and the trainer re-raise it; every other coach error becomes an invalid (masked) verdict."""
+
+
 @runtime_checkable
 class Coach(Protocol):
 

@@ -22,6 +22,7 @@ from typing import Any, Awaitable, Callable, Sequence
 
 import numpy as np
 
+from mappa_jax.coach.types import CoachFatalError
 from mappa_jax.data import dsbench, grading
 from mappa_jax.data.loaders import Task
 from mappa_jax.eval import metrics
@@ -346,7 +347,8 @@ async def run_trajectories(tasks: Sequence[Task], run_one: RunOne, *, n_samples:
   """Runs run_one(task, i) for every task and i < n_samples, bounded concurrency.
 
   Results come back in completion order (deliberately: aggregation groups by task id). A
-  raising run becomes a Trajectory with `error` set.
+  raising run becomes a Trajectory with `error` set, except for a CoachFatalError, which
+  propagates (the remaining runs are cancelled).
   """
   sem = asyncio.Semaphore(max_concurrency)
 
@@ -354,6 +356,8 @@ async def run_trajectories(tasks: Sequence[Task], run_one: RunOne, *, n_samples:
     async with sem:
       try:
         traj = await run_one(task, i)
+      except CoachFatalError:
+        raise  # the coach is gone or misconfigured: stop, do not count the run as failed
       except Exception as e:  # pylint: disable=broad-except  (a crashed run counts as failed)
         return Trajectory(task_id=task.task_id, sample_index=i, task_type=task.task_type,
                           error=f"{type(e).__name__}: {e}")
@@ -363,7 +367,12 @@ async def run_trajectories(tasks: Sequence[Task], run_one: RunOne, *, n_samples:
       return traj
 
   jobs = [asyncio.ensure_future(one(t, i)) for t in tasks for i in range(n_samples)]
-  return [await f for f in asyncio.as_completed(jobs)]
+  try:
+    return [await f for f in asyncio.as_completed(jobs)]
+  except BaseException:
+    for job in jobs:  # no orphan runs keep calling a dead coach
+      job.cancel()
+    raise
 
 
 async def run_eval(name: str, tasks: Sequence[Task], run_one: RunOne, *, kind: str,

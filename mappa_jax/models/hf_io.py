@@ -10,6 +10,7 @@ checkpoint, which matters for SGLang `update_weights_from_disk`).
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
@@ -25,7 +26,7 @@ import jax
 import numpy as np
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding, SingleDeviceSharding
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from safetensors.numpy import save_file
 
 from mappa_jax import sharding as shd
@@ -68,6 +69,20 @@ _MAPPING: tuple[tuple[str, str, str, int], ...] = (
 
 class CheckpointError(ValueError):
   """A checkpoint on disk does not match its config (or is incomplete)."""
+
+
+@contextlib.contextmanager
+def _open_safetensors(path: Path):
+  """safe_open(path) whose format errors (a truncated or corrupt file) name the file and the fix
+  instead of surfacing as a bare SafetensorError."""
+  try:
+    with safe_open(os.fspath(path), framework="numpy") as f:
+      yield f
+  except SafetensorError as e:
+    raise CheckpointError(
+        f"{path}: not a readable safetensors file ({e}); it is probably truncated (an "
+        "interrupted download or copy) or corrupt: download or export the checkpoint again"
+        ) from e
 
 
 @dataclasses.dataclass(frozen=True)
@@ -172,7 +187,7 @@ def _weight_files(model_dir: Path) -> dict[str, Path]:
       files[key] = path
     return files
   if single.is_file():
-    with safe_open(str(single), framework="numpy") as f:
+    with _open_safetensors(single) as f:
       return {key: single for key in f.keys()}
   raise FileNotFoundError(
       f"{model_dir}: no {SINGLE_FILE} or {INDEX_FILE} (only safetensors checkpoints are "
@@ -237,7 +252,7 @@ def load_hf(model_dir: str | os.PathLike, *, mesh: Mesh | None = None, param_dty
   for m in maps:
     by_file.setdefault(files[m.hf_key], []).append(m)
   for path, group in by_file.items():
-    with safe_open(str(path), framework="numpy") as f:
+    with _open_safetensors(path) as f:
       for m in group:
         host = f.get_tensor(m.hf_key)
         if tuple(host.shape) != m.hf_shape:
@@ -360,7 +375,7 @@ def read_hf_tensors(model_dir: str | os.PathLike) -> dict[str, np.ndarray]:
   out = {}
   files = _weight_files(model_dir)
   for path in sorted(set(files.values())):
-    with safe_open(str(path), framework="numpy") as f:
+    with _open_safetensors(path) as f:
       for key in f.keys():
         out[key] = f.get_tensor(key)
   return out

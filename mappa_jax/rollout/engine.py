@@ -44,6 +44,9 @@ class InProcessEngineConfig:
     seed: seeds requests whose SamplingParams.seed is None (reproducible per engine).
     prompt_buckets, max_new_buckets, batch_buckets: passed to the Sampler when set (None keeps
       the Sampler's defaults).
+    batch_invariant: Sampler(batch_invariant=...): each request's tokens and logprobs are
+      bit-identical whatever it is batched with (every batch padded to the largest batch
+      bucket, rows grouped by prompt bucket): rollouts independent of arrival timing.
   """
   max_batch_size: int = 64
   batch_window_s: float = 0.005
@@ -51,6 +54,7 @@ class InProcessEngineConfig:
   prompt_buckets: tuple[int, ...] | None = None
   max_new_buckets: tuple[int, ...] | None = None
   batch_buckets: tuple[int, ...] | None = None
+  batch_invariant: bool = False
 
   @classmethod
   def from_config(cls, cfg: Any) -> "InProcessEngineConfig":
@@ -64,6 +68,8 @@ class InProcessEngineConfig:
     for name in ("prompt_buckets", "max_new_buckets", "batch_buckets"):
       if getattr(self, name) is not None:
         kw[name] = tuple(getattr(self, name))
+    if self.batch_invariant:  # only when asked: custom sampler factories need not know it
+      kw["batch_invariant"] = True
     return kw
 
 

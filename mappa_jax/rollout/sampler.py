@@ -8,7 +8,9 @@ tokens, stop ids, seed) are arrays, so they never trigger a recompile.
 
 Randomness is per row: the token at step i of row b is drawn with key
 `fold_in(PRNGKey(seed_b), i)` by Gumbel-argmax over that row's logits only, so a request's output
-does not depend on which other requests share its batch (up to float reduction order).
+does not depend on which other requests share its batch (up to float reduction order, which
+depends on the padded shapes; `batch_invariant=True` fixes the shapes per row, so its tokens and
+logprobs are bit-identical whatever shares its batch: what the Trainer uses).
 
 Log-probabilities: `logprobs[i]` is `log_softmax(logits / T)[token_i]` of the model's logits
 with the row's temperature T (T = 1 for greedy rows), taken BEFORE top-k/top-p truncation and
@@ -181,7 +183,8 @@ class Sampler:
                prompt_buckets: Sequence[int] = DEFAULT_PROMPT_BUCKETS,
                max_new_buckets: Sequence[int] = DEFAULT_MAX_NEW_BUCKETS,
                batch_buckets: Sequence[int] = DEFAULT_BATCH_BUCKETS,
-               pad_token_id: int = 0, max_stop_ids: int = 16, cache_dtype=None, seed: int = 0):
+               pad_token_id: int = 0, max_stop_ids: int = 16, cache_dtype=None, seed: int = 0,
+               batch_invariant: bool = False):
     self.config = model.config
     self.eos_token_ids = tuple(int(i) for i in eos_token_ids)
     if not self.eos_token_ids:
@@ -196,6 +199,10 @@ class Sampler:
     self.cache_dtype = None if cache_dtype is None else jnp.dtype(cache_dtype)
     self._graphdef, self._state = nnx.split(model)
     self._seed_rng = np.random.default_rng(seed)
+    # Bit-identical rows whatever shares their batch: a row's floats depend on the padded
+    # shapes (XLA picks kernels and reduction orders by shape), so every chunk is padded to the
+    # largest batch bucket and rows are grouped by their own prompt bucket.
+    self.batch_invariant = bool(batch_invariant)
     self.num_traces = 0  # programs traced (== compiled) during this sampler's calls
 
   @classmethod
@@ -258,13 +265,23 @@ class Sampler:
         row_seeds.append(int(params.seed))
       else:
         row_seeds.append(int(self._seed_rng.integers(0, 2 ** 31)))
-    outputs: list[SampleOutput] = []
     chunk = self.batch_buckets[-1]
-    for start in range(0, n, chunk):
-      end = min(n, start + chunk)
-      outputs.extend(self._generate_chunk(prompts[start:end], sampling[start:end],
-                                          row_seeds[start:end]))
-    return outputs
+    if self.batch_invariant:
+      groups: dict[int, list[int]] = {}
+      for i, p in enumerate(prompts):
+        groups.setdefault(_bucket(len(p), self.prompt_buckets, "prompt length",
+                                  "prompt_buckets"), []).append(i)
+      rows = [idx for _, idx in sorted(groups.items())]
+    else:
+      rows = [list(range(n))]
+    by_row: dict[int, SampleOutput] = {}
+    for idx in rows:
+      for start in range(0, len(idx), chunk):
+        part = idx[start:start + chunk]
+        outs = self._generate_chunk([prompts[i] for i in part], [sampling[i] for i in part],
+                                    [row_seeds[i] for i in part])
+        by_row.update(zip(part, outs))
+    return [by_row[i] for i in range(n)]
 
   def _validate(self, prompt, params: SamplingParams, i: int) -> None:
     if len(prompt) == 0:
@@ -290,7 +307,8 @@ class Sampler:
 
   def _generate_chunk(self, prompts, sampling, seeds) -> list[SampleOutput]:
     n = len(prompts)
-    batch = _bucket(n, self.batch_buckets, "batch size", "batch_buckets")
+    batch = (self.batch_buckets[-1] if self.batch_invariant
+             else _bucket(n, self.batch_buckets, "batch size", "batch_buckets"))
     prompt_len = _bucket(max(len(p) for p in prompts), self.prompt_buckets, "prompt length",
                          "prompt_buckets")
     max_new = _bucket(max(s.max_new_tokens for s in sampling), self.max_new_buckets,

@@ -27,7 +27,8 @@ import time
 from typing import Any, Awaitable, Callable, Sequence
 
 from mappa_jax.coach import requests as coach_requests
-from mappa_jax.coach.types import Coach, CoachRequest, CoachResult
+from mappa_jax.coach.types import Coach, CoachFatalError, CoachRequest, CoachResult
+from mappa_jax.rollout import seeds
 from mappa_jax.rollout.types import RolloutEngine, SamplingParams
 from mappa_jax.tools import code_blocks
 from mappa_jax.tools.sandbox import ExecResult, Sandbox
@@ -168,6 +169,10 @@ class Workflow:
     self.sampling = sampling
     self.options = options
     self.workspace_root = workspace_root
+    # Generation seeds: derived from (seed_base, task id, sample index, agent, turn) when set,
+    # so trajectories do not depend on the order requests reach the engine (sandbox and coach
+    # latency). The Trainer sets it per step and per evaluation; None: the engine chooses.
+    self.seed_base: int | None = None
     self._eos = set(tokenizer.eos_token_ids)
 
   # -- hand-offs --------------------------------------------------------------------------------
@@ -190,6 +195,15 @@ class Workflow:
       return self.sampling[agent]
     return self.sampling
 
+  def _turn_sampling(self, traj: Trajectory, agent: str, turn: int) -> SamplingParams:
+    """The agent's SamplingParams with this generation's own seed (see `seed_base`); an
+    explicit SamplingParams.seed is kept as configured."""
+    sampling = self._sampling(agent)
+    if sampling.seed is not None or self.seed_base is None:
+      return sampling
+    return dataclasses.replace(sampling, seed=seeds.derive_seed(
+        self.seed_base, traj.task_id, traj.sample_index, agent, turn))
+
   # -- the action loop --------------------------------------------------------------------------
 
   async def run_agent(self, traj: Trajectory, spec: AgentSpec, prompt_text: str, *,
@@ -208,7 +222,8 @@ class Workflow:
     run = AgentRun([], thinking_open=thinking_open)
     for turn in range(spec.max_turns):
       t0 = time.monotonic()
-      comp = await self.engine.generate(spec.name, list(context), self._sampling(spec.name))
+      comp = await self.engine.generate(spec.name, list(context),
+                                       self._turn_sampling(traj, spec.name, turn))
       t_gen = time.monotonic() - t0
       response = list(comp.token_ids)
       text = tok.decode(response)
@@ -285,6 +300,8 @@ class Workflow:
     async def score() -> CoachResult:
       try:
         return await self.coach.score(request)
+      except CoachFatalError:
+        raise  # endpoint gone, misconfigured, or a replay miss: stop, never mask (finish())
       except Exception as e:  # pylint: disable=broad-except
         log.exception("coach failed on %s turn %d", action.agent, action.turn)
         return CoachResult(status="invalid", reason=f"coach error: {type(e).__name__}: {e}")
@@ -294,13 +311,18 @@ class Workflow:
   async def finish(self, traj: Trajectory) -> Trajectory:
     """Awaits every coach task (off the critical path until now), cleans the workspace."""
     pending = traj.metadata.pop("_coach_tasks", [])
-    results = await asyncio.gather(*[t for _, t in pending])
+    try:
+      results = await asyncio.gather(*[t for _, t in pending], return_exceptions=True)
+    finally:
+      ws = traj.metadata.pop("_workspace", None)
+      if ws is not None and not self.options.keep_workspace:
+        ws.cleanup()
+    for res in results:
+      if isinstance(res, BaseException):  # only CoachFatalError gets here (see _start_coach)
+        raise res
     for (action, _), res in zip(pending, results):
       action.coach = res
       action.timings["coach"] = res.latency_s
-    ws = traj.metadata.pop("_workspace", None)
-    if ws is not None and not self.options.keep_workspace:
-      ws.cleanup()
     return traj
 
 

@@ -116,6 +116,37 @@ def test_cache_hits_and_replay_are_identical(server, tmp_path, monkeypatch):
     asyncio.run(coach.score(missing))
 
 
+def test_a_coach_is_its_model_not_its_url(tmp_path, monkeypatch):
+  """The same model served at another base_url is the same coach: its verdicts are cache hits
+  (live and replay); another model name is another coach (a miss)."""
+  from tests.coach.openai_test_server import OpenAITestServer
+  monkeypatch.setenv("K", "secret")
+  cache = CoachCache(str(tmp_path / "c.sqlite"))
+  reqs = [make_request(role="Problem Solver", ground_truth=None, output=f"step {i}")
+          for i in range(3)]
+
+  async def run(coach):
+    try:
+      return await asyncio.gather(*(coach.score(r) for r in reqs))
+    finally:
+      await coach.aclose()
+
+  with OpenAITestServer() as first, OpenAITestServer() as elsewhere:
+    live = asyncio.run(run(OpenAICoach(OpenAICoachConfig(
+        base_url=first.base_url, model="judge", api_key_env="K"), cache=cache)))
+    moved = asyncio.run(run(OpenAICoach(OpenAICoachConfig(
+        base_url=elsewhere.base_url, model="judge", api_key_env="K"), cache=cache)))
+    assert all(r.cached for r in moved) and not elsewhere.requests
+    assert [r.cache_key for r in moved] == [r.cache_key for r in live]
+    other_model = asyncio.run(run(OpenAICoach(OpenAICoachConfig(
+        base_url=elsewhere.base_url, model="judge-2", api_key_env="K"), cache=cache)))
+    assert not any(r.cached for r in other_model) and len(elsewhere.requests) == len(reqs)
+  # Replay at a third (dead) address answers from the same rows.
+  replay = OpenAICoach(OpenAICoachConfig(base_url="http://127.0.0.1:9/v1", model="judge",
+                                         api_key_env=""), cache=cache, replay=True)
+  assert [r.score for r in asyncio.run(run(replay))] == [r.score for r in live]
+
+
 def test_temperature_samples_are_keyed_by_sample_index(server, tmp_path, monkeypatch):
   monkeypatch.setenv("K", "secret")
   cache = CoachCache(str(tmp_path / "c.sqlite"))

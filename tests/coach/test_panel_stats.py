@@ -139,3 +139,21 @@ def test_stats_counts_invalid_cached_and_writes_tensorboard(tmp_path):
       sc["coach/code_executor/score_mean"])
   stats.reset()
   assert stats.to_scalars() == {}
+
+
+def test_stats_do_not_depend_on_arrival_order():
+  """Verdicts complete in latency order; the same verdicts must give bit-identical scalars
+  (float sums depend on order, so the statistics sort first)."""
+  import random
+  verdicts = [(make_request(role="Verifier", output="y" * (7 * i % 23 + 1), task_type="t"),
+               s(round(10 * ((0.37 * i) % 1.0), 3), correct=bool(i % 2))) for i in range(40)]
+  out = []
+  for seed in range(4):
+    shuffled = list(verdicts)
+    random.Random(seed).shuffle(shuffled)
+    stats = CoachStats()
+    for req, res in shuffled:
+      stats.record(req, res)
+    out.append(stats.to_scalars())
+  assert all(o == out[0] for o in out), [
+      {k: o[k] for k in o if o[k] != out[0][k]} for o in out]

@@ -113,6 +113,18 @@ def test_missing_directory_and_weights(tmp_path, hf_dirs):
     load_hf(d)
 
 
+def test_truncated_safetensors_names_the_file_and_the_fix(tmp_path, hf_dirs):
+  d = _copy(hf_dirs["qwen3_tied_gqa"], tmp_path / "m")
+  weights = d / "model.safetensors"
+  data = weights.read_bytes()
+  for size in (len(data) // 2, 5):  # data cut short; header cut short
+    weights.write_bytes(data[:size])
+    with pytest.raises(CheckpointError, match=r"model\.safetensors: not a readable .*truncated"
+                       r".*download or export the checkpoint again"):
+      load_hf(d)
+  assert weights.stat().st_size == 5  # read-only: the bad file is left for inspection
+
+
 def test_index_pointing_to_missing_shard(tmp_path, hf_sharded_dir):
   d = _copy(hf_sharded_dir, tmp_path / "m")
   shard = sorted(d.glob("model-*.safetensors"))[0]

@@ -164,6 +164,21 @@ def test_seeded_reproducible_and_independent_of_batch(qwen3):
   assert via_params.token_ids == alone.token_ids
 
 
+def test_batch_invariant_rows_are_bit_identical_whatever_their_companions(qwen3):
+  """batch_invariant=True (what the Trainer uses): a request's tokens AND logprobs are
+  bit-identical whichever requests share its batch (other sizes, longer prompts, any order):
+  the trainer's update depends on the logprobs, and batch composition depends on timing."""
+  model, _, _ = qwen3
+  sampler = Sampler(model, eos_token_ids=(EOS,), **BUCKETS, batch_invariant=True)
+  sp = SamplingParams(max_new_tokens=12, temperature=1.0)
+  alone = sampler.generate([PROMPTS[0]], sp, seeds=[7])[0]
+  for batch, seeds, row in (([PROMPTS[1], PROMPTS[0]], [3, 7], 1),
+                            ([PROMPTS[2], PROMPTS[1] * 2, PROMPTS[0], PROMPTS[1]], [1, 2, 7, 4], 2),
+                            ([PROMPTS[0], PROMPTS[0]], [7, 9], 0)):
+    out = sampler.generate(batch, sp, seeds=seeds)[row]
+    assert out.token_ids == alone.token_ids and out.logprobs == alone.logprobs
+
+
 def test_top_k_and_top_p_truncate_the_distribution(qwen3):
   _, sampler, ref = qwen3
   greedy = sampler.generate(PROMPTS, SamplingParams(max_new_tokens=8, temperature=0.0))

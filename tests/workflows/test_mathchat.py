@@ -292,3 +292,61 @@ def test_truncated_action_is_closed_with_eos_in_the_next_context_only(tokenizer,
   assert ce1.prompt_ids[n] == tokenizer.eos_token_ids[0]  # the turn is closed in the context
   assert tokenizer.decode(ce1.prompt_ids[n + 1:]).startswith("\n<|im_start|>user\n<tool_response>")
   assert wf.coach.of("Code Executor")[0].signals["truncated"] is True
+
+
+class _SeedRecorder(ScriptedEngine):
+  """ScriptedEngine that also records each request's (agent, seed)."""
+
+  def __init__(self, *a, **kw):
+    super().__init__(*a, **kw)
+    self.seeds = []
+
+  async def generate(self, agent, prompt_ids, sampling):
+    self.seeds.append((agent, sampling.seed))
+    return await super().generate(agent, prompt_ids, sampling)
+
+
+def test_generation_seeds_come_from_what_identifies_them(tokenizer, sandbox):
+  """Each generation's seed is derived from (seed_base, task, sample, agent, turn), so it does
+  not depend on the order requests reach a shared engine; without seed_base the engine picks."""
+  from mappa_jax.rollout.seeds import derive_seed
+  engine = _SeedRecorder(tokenizer, SCRIPT)
+  wf = MathChatWorkflow(engine=engine, tokenizer=tokenizer, coach=RecordingCoach(),
+                        sandbox=sandbox, sampling=SamplingParams(max_new_tokens=512))
+  wf.seed_base = 1234
+  traj = asyncio.run(wf.run(TASK, 3))
+  assert not traj.error
+  assert engine.seeds == [(a.agent, derive_seed(1234, "p1", 3, a.agent, a.turn))
+                          for a in traj.actions]
+  assert len({s for _, s in engine.seeds}) == 4
+  engine2 = _SeedRecorder(tokenizer, SCRIPT)
+  wf2 = MathChatWorkflow(engine=engine2, tokenizer=tokenizer, coach=RecordingCoach(),
+                         sandbox=sandbox, sampling=SamplingParams(max_new_tokens=512, seed=5))
+  wf2.seed_base = 1234
+  asyncio.run(wf2.run(TASK))
+  assert {s for _, s in engine2.seeds} == {5}  # an explicit seed is kept as configured
+
+
+class _FailingCoach:
+  def __init__(self, error):
+    self.error = error
+
+  async def score(self, request):
+    raise self.error
+
+
+def test_fatal_coach_errors_stop_the_run_others_are_masked(tokenizer, sandbox, tmp_path):
+  """A circuit breaker that opened (or a replay miss) must stop the run, never be masked; any
+  other coach failure leaves the action invalid (masked by the trainer)."""
+  from mappa_jax.coach.cache import CoachCacheMissError
+  from mappa_jax.coach.openai_coach import CoachUnavailableError
+  for fatal in (CoachUnavailableError("circuit breaker open"), CoachCacheMissError("no key")):
+    wf, _, _ = make(tokenizer, sandbox, coach=_FailingCoach(fatal))
+    wf.workspace_root = str(tmp_path)
+    with pytest.raises(type(fatal)):
+      asyncio.run(wf.run(TASK))
+    assert not list(tmp_path.iterdir())  # the workspace is still cleaned up
+  wf, _, _ = make(tokenizer, sandbox, coach=_FailingCoach(RuntimeError("flaky")))
+  traj = asyncio.run(wf.run(TASK))
+  assert traj.actions and all(not a.coach.is_scored for a in traj.actions)
+  assert all("coach error: RuntimeError: flaky" in a.coach.reason for a in traj.actions)
