@@ -54,7 +54,9 @@ def main() -> None:
   print(f"backend={args.backend} program={args.program} runs/level={args.runs}")
   print(f"{'concurrency':>11} {'exec/s':>8} {'p50 ms':>8} {'p99 ms':>8} {'failures':>8}")
   for c in [int(x) for x in args.levels.split(",")]:
-    sb = Sandbox(args.backend, SandboxLimits(timeout_s=60), max_concurrency=c)
+    # --backend process is the explicit, benchmark-only opt-in to running unisolated.
+    sb = Sandbox(args.backend, SandboxLimits(timeout_s=60), max_concurrency=c,
+                 allow_unisolated=args.backend == "process")
     root = tempfile.mkdtemp(prefix="sbx_bench_")
     try:
       wall, lat, fails = asyncio.run(level(sb, PROGRAMS[args.program], args.runs, root))

@@ -21,11 +21,11 @@ from ml_collections import config_dict
 PRESETS = ("local", "paper")
 
 
-def parse_preset(arg: str | None) -> str:
+def parse_preset(arg: str | None, presets: tuple[str, ...] = PRESETS) -> str:
   """`get_config(arg)` helper: '' / None -> 'local'; unknown names list the valid ones."""
   preset = (arg or "local").strip()
-  if preset not in PRESETS:
-    raise ValueError(f"unknown preset {preset!r}: valid presets are {', '.join(PRESETS)} "
+  if preset not in presets:
+    raise ValueError(f"unknown preset {preset!r}: valid presets are {', '.join(presets)} "
                      f"(select one with --config=experiments/<file>.py:<preset>)")
   return preset
 
@@ -104,6 +104,12 @@ def rollout_section(preset: str, *, agent_names: tuple[str, ...], paper_max_new_
       rollout_batch_size=4 if local else paper_rollout_batch_size,  # REF tasks per step
       max_concurrent_workflows=4 if local else 16,  # REF workflows in flight per process
       prompt_max_len=512 if local else 24576,  # REF longest prompt (tokens) before an action
+      # In-process sampler shapes: prompts are left-padded to the smallest prompt bucket that
+      # fits (() = powers of two); every batch is padded to one size so a request's tokens do
+      # not depend on what it was batched with: min(max_concurrent_workflows,
+      # batch_buckets[-1]) rows, larger batches run in chunks (() = no cap).
+      prompt_buckets=(),
+      batch_buckets=(),
   )
 
 

@@ -1,8 +1,14 @@
 r"""MathChat: Problem Solver -> Code Executor -> Verifier on competition math.
 
 Presets (`--config=experiments/mathchat.py:<preset>`):
-  local  (default) embedded tiny model, synthetic arithmetic tasks, rule coach, in-process
-         sampler: a few steps on one CPU machine.
+  local          (default) the shipped tiny base team (mappa_jax/assets/tiny_team, pretrained
+                 by launch/pretrain.py --config=experiments/pretrain_tiny.py), synthetic
+                 arithmetic, rule coach, in-process sampler: MAPPA (per-action coach scores)
+                 on one CPU machine, evaluated before and after on 256 held-out problems.
+  local_outcome  the same budget with outcome-only RL: every action of a trajectory gets its
+                 final outcome reward (rule-graded correctness) instead of its coach score.
+  local_grpo     the same budget with GRPO (per-prompt group normalisation of coach scores).
+  smoke          a random tiny model, 3 steps, 4 eval problems: wiring checks (tests).
   paper  reference hyper-parameters (mappa-reference.md §3.1). Needs a model and a coach:
            --config.model.hf_dir=/ckpt/Qwen3-4B-Thinking-2507
            --config.coach.base_url=https://.../v1
@@ -20,10 +26,19 @@ if _ROOT not in sys.path:
 from experiments import common  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 
+PRESETS = ("local", "local_outcome", "local_grpo", "smoke", "paper")
+# The RL estimator of each CPU team preset (rl.advantage_estimator).
+_TEAM_ESTIMATORS = {"local": "reinforce_pp", "local_outcome": "outcome", "local_grpo": "grpo"}
+TINY_TEAM_DIR = os.path.join(_ROOT, "mappa_jax", "assets", "tiny_team")
+
+
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  preset = common.parse_preset(arg)
-  local = preset == "local"
-  config = common.base_config(preset, workflow="mathchat")
+  preset = common.parse_preset(arg, PRESETS)
+  scale = "paper" if preset == "paper" else "local"  # the shared sections' scale
+  local = scale == "local"
+  config = common.base_config(scale, workflow="mathchat")
+  config.name = f"mathchat-{preset}"  # run names line up in one TensorBoard
+  config.preset = preset
 
   config.agents = ml_collections.ConfigDict()
   config.agents.problem_solver = common.agent(
@@ -43,13 +58,13 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       sees_ground_truth_in_coach=True)  # REF: the coach judges ANSWER_CORRECT vs the label
 
   config.rollout = common.rollout_section(
-      preset, agent_names=tuple(config.agents), paper_max_new_tokens=4096,
+      scale, agent_names=tuple(config.agents), paper_max_new_tokens=4096,
       paper_rollout_batch_size=32)
-  config.coach = common.coach_section(preset, paper_model="gemini-2.5-flash")
-  config.rl = common.rl_section(preset, reward_scale=0.1)  # REF score / 10
+  config.coach = common.coach_section(scale, paper_model="gemini-2.5-flash")
+  config.rl = common.rl_section(scale, reward_scale=0.1)  # REF score / 10
   # REF num_steps: 16 steps x 8 episodes; buckets hold prompt_max_len + max_new_tokens.
   config.train = common.train_section(
-      preset, paper_num_steps=128, paper_buckets=(4096, 8192, 16384, 28672))
+      scale, paper_num_steps=128, paper_buckets=(4096, 8192, 16384, 28672))
 
   config.data = ml_collections.ConfigDict()
   config.data.source = "synthetic" if local else "files"  # 'synthetic' | 'files'
@@ -70,7 +85,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.data.synthetic.n_eval = 4  # synthetic eval tasks
   config.data.synthetic.difficulty = 1  # 1: two-operand +/-; higher adds operands and * //
 
-  config.sandbox = common.sandbox_section(preset, paper_timeout_s=30.0)  # REF 30 s
+  config.sandbox = common.sandbox_section(scale, paper_timeout_s=30.0)  # REF 30 s
 
   config.eval = ml_collections.ConfigDict()
   config.eval.every_steps = 2 if local else 4  # REF (0 = never)
@@ -79,8 +94,47 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # Eval set names: stems of data.eval_files ('synthetic' for the synthetic source); () = all.
   config.eval.sets = ()
 
-  config.checkpoint = common.checkpoint_section(preset, paper_every_steps=32)  # REF
-  config.logging = common.logging_section(preset)
+  config.checkpoint = common.checkpoint_section(scale, paper_every_steps=32)  # REF
+  config.logging = common.logging_section(scale)
+  if preset in _TEAM_ESTIMATORS:
+    _team_preset(config, _TEAM_ESTIMATORS[preset])
 
   config.lock()
   return config
+
+
+def _team_preset(config: ml_collections.ConfigDict, estimator: str) -> None:
+  """The CPU team presets: the pretrained tiny team learning from per-action coaching.
+
+  Sized so that `make run` (eval, 16 steps, eval) takes well under 15 minutes on 2 cores.
+  The prompts announce rollout.max_new_tokens: experiments/pretrain_tiny.py renders its
+  demonstrations with the same value, so the team sees the prompts it was pretrained on.
+  """
+  config.model.hf_dir = TINY_TEAM_DIR  # the shipped base (None would mean a random model)
+  r = config.rollout
+  r.max_new_tokens = 48  # the demonstrations' longest action is 25 tokens
+  r.min_new_tokens = 4
+  r.rollout_batch_size = 16  # tasks per step
+  r.n_samples_per_prompt = 2  # two trajectories per task (GRPO groups need >= 2)
+  r.max_concurrent_workflows = 32  # every trajectory of a step in flight: bigger decode batches
+  # Prompt lengths under the team's tokenizer: Problem Solver <= 150, Verifier and Code
+  # Executor turn 1 <= 205, turn 2 <= 265 tokens (and a little more for long tool output).
+  r.prompt_max_len = 320
+  r.prompt_buckets = (160, 224, 320)  # few shapes to compile, little padding
+  r.batch_buckets = (8,)  # on CPU a batch of 8 decodes about as fast as 1
+  config.rl.advantage_estimator = estimator
+  t = config.train
+  t.learning_rate = 1e-4
+  t.samples_per_optimizer_step = 16
+  t.micro_batch_size = 8
+  t.num_steps = 16
+  t.token_budget_buckets = (256, 384)  # prompt + response: most actions / Code Executor turn 2
+  syn = config.data.synthetic
+  syn.n_train = 4096  # training-split problems (an epoch is far more than a run uses)
+  syn.n_eval = 256  # held-out problems: the split is by a hash of the arithmetic itself
+  syn.difficulty = 2  # one or two operations, as in the pretraining demonstrations
+  config.eval.every_steps = 16  # evaluate before training and after the last step
+  config.eval.n_samples_per_prompt = 1
+  config.checkpoint.every_steps = 8
+  # A program printing without end would make the next prompt too long to sample from.
+  config.sandbox.output_cap_chars = 400

@@ -79,15 +79,13 @@ def main(argv: list[str]) -> int:
   if _SETUP_ONLY.value:
     logging.info("--setup_only: config valid, workdir %s ready; not training.", workdir)
     return 0
+  from mappa_jax import train  # pylint: disable=g-import-not-at-top  (after initialize)
+  from mappa_jax.tools.isolation import SandboxUnavailable  # pylint: disable=g-import-not-at-top
   try:
-    import mappa_jax.train as train  # pylint: disable=g-import-not-at-top
-  except ModuleNotFoundError as e:
-    if e.name != "mappa_jax.train":
-      raise  # the trainer exists but one of its imports is broken
-    logging.warning("The trainer (mappa_jax.train) is not available yet: setup is done "
-                    "(config validated and written to %s); nothing was trained.", workdir)
-    return 0
-  train.run(config, workdir)
+    train.run(config, workdir)
+  except SandboxUnavailable as e:  # fail closed, stated plainly (how to fix it is in e)
+    print(f"FATAL: {e}", file=sys.stderr)
+    return 1
   return 0
 
 

@@ -317,6 +317,14 @@ def _check(c: _Checker) -> None:
   c.field("rollout.rollout_batch_size", "int", _positive, "Use >= 1.")
   c.field("rollout.max_concurrent_workflows", "int", _positive, "Use >= 1.")
   prompt_max = c.field("rollout.prompt_max_len", "int", _positive, "Use >= 1.")
+  for key in ("prompt_buckets", "batch_buckets"):
+    c.field(f"rollout.{key}", "int tuple",
+            lambda v: all(b > 0 for b in v) and all(a < b for a, b in zip(v, v[1:])),
+            "Use () for the sampler's defaults or a strictly increasing tuple of sizes.")
+  prompt_buckets = c.get("rollout.prompt_buckets") if c.has("rollout.prompt_buckets") else ()
+  if prompt_buckets and prompt_max is not None and prompt_buckets[-1] < prompt_max:
+    c.error("rollout.prompt_buckets", f"the largest bucket ({prompt_buckets[-1]}) cannot hold "
+            f"rollout.prompt_max_len ({prompt_max}); add a bucket >= {prompt_max}")
 
   # coach
   kind = c.choice("coach.kind", ("rule", "openai", "panel", "replay"))

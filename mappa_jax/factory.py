@@ -197,7 +197,7 @@ def build_workflow(config: ml_collections.ConfigDict, *, engine, tokenizer, coac
     cfg = mathchat.MathChatConfig(
         executor_max_turns=int(agents.code_executor.max_turns),
         tool_timeout_s=float(config.sandbox.timeout_s),
-        token_budget=_budget_text(int(config.rollout.max_new_tokens)),
+        token_budget=budget_text(int(config.rollout.max_new_tokens)),
         verifier_sees_problem_solver="problem_solver" in tuple(agents.verifier.sees))
     options = LoopOptions(reference_context_bug=bool(config.rl.reference_context_bug))
     return mathchat.MathChatWorkflow(
@@ -213,7 +213,7 @@ def build_workflow(config: ml_collections.ConfigDict, *, engine, tokenizer, coac
       agents=agents_from_config(dsbench.dsbench_agents(cfg), config.agents), **common)
 
 
-def _budget_text(max_new_tokens: int) -> str:
+def budget_text(max_new_tokens: int) -> str:
   """The per-action budget the prompts announce ('4k' for 4096, as the reference says)."""
   if max_new_tokens % 1024 == 0:
     return f"{max_new_tokens // 1024}k"

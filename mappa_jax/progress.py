@@ -88,9 +88,10 @@ class _DropLibraryInfo(logging.Filter):
         part in record.pathname for part in self._parts)
 
 
-def quiet_library_logs(packages: tuple[str, ...] = ("orbax",),
+def quiet_library_logs(packages: tuple[str, ...] = ("orbax", "jax"),
                        logger: logging.Logger | None = None) -> None:
-  """Keeps run logs readable: hides INFO chatter of libraries (Orbax logs every save step).
+  """Keeps run logs readable: hides INFO chatter of libraries (Orbax logs every save step;
+  JAX reports every accelerator backend it could not start, e.g. TPU on a CPU machine).
 
   Installs a filter on the handlers of `logger` (default: the root logger, where absl's
   handler lives); warnings and errors from those packages still show.

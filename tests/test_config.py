@@ -33,12 +33,35 @@ def test_local_preset_is_default_locked_and_valid(workflow):
   config = mconfig.load_config(FILES[workflow])
   assert config.preset == "local" and config.workflow == workflow
   assert config.name == f"{workflow}-local"
-  assert config.model.hf_dir is None and config.coach.kind == "rule"
+  assert config.coach.kind == "rule"
+  if workflow == "mathchat":  # the shipped pretrained team (launch/pretrain.py)
+    assert config.model.hf_dir == os.path.join(ROOT, "mappa_jax", "assets", "tiny_team")
+    assert os.path.isfile(os.path.join(config.model.hf_dir, "model.safetensors"))
+  else:
+    assert config.model.hf_dir is None  # the random tiny model
   assert mconfig.validate(config) is config
   with pytest.raises(AttributeError):
     config.new_field = 1  # locked: new keys are refused
   assert mconfig.agent_names(config) == mconfig.WORKFLOW_AGENTS[workflow]
   assert set(config.agents.keys()) == set(mconfig.agent_names(config))
+
+
+def test_team_presets_differ_only_in_the_estimator_and_name():
+  local = mconfig.flatten(mconfig.load_config(MATHCHAT))
+  for preset, estimator in (("local_outcome", "outcome"), ("local_grpo", "grpo")):
+    other = mconfig.flatten(mconfig.validate(mconfig.load_config(f"{MATHCHAT}:{preset}")))
+    changed = {k for k in local if local[k] != other[k]}
+    assert changed == {"name", "preset", "rl.advantage_estimator"}, changed
+    assert other["rl.advantage_estimator"] == estimator and other["name"] == f"mathchat-{preset}"
+  smoke = mconfig.validate(mconfig.load_config(f"{MATHCHAT}:smoke"))
+  assert smoke.model.hf_dir is None and smoke.train.num_steps == 3
+  assert "local_grpo" in _errors_of_preset("nope")
+
+
+def _errors_of_preset(name: str) -> str:
+  with pytest.raises(mconfig.ConfigError) as info:
+    mconfig.load_config(f"{MATHCHAT}:{name}")
+  return str(info.value)
 
 
 @pytest.mark.parametrize("workflow", ["mathchat", "dsbench"])

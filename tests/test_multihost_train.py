@@ -61,7 +61,7 @@ workdir, overrides = sys.argv[1], sys.argv[2:]
 
 def load(num_steps, *extra):
   return mconfig.validate(mconfig.load_config(
-      "experiments/mathchat.py:local",
+      "experiments/mathchat.py:smoke",
       overrides=tuple(overrides) + (f"--config.train.num_steps={num_steps}",) + extra))
 
 def digest(tree):

@@ -60,27 +60,18 @@ def test_setup_only_writes_config_run_info_and_tensorboard_run(tmp_path):
   assert "Process 0/1" in result.stderr
 
 
-_WITHOUT_TRAINER = """
-import runpy, sys
-class HideTrainer:  # as if mappa_jax/train.py did not exist yet
-  def find_spec(self, name, path=None, target=None):
-    if name == "mappa_jax.train":
-      raise ModuleNotFoundError("No module named 'mappa_jax.train'", name=name)
-sys.meta_path.insert(0, HideTrainer())
-sys.argv = sys.argv[1:]
-runpy.run_path(sys.argv[0], run_name="__main__")
-"""
-
-
-def test_without_trainer_it_stops_after_setup_and_says_so(tmp_path):
-  env = {**os.environ, "JAX_PLATFORMS": "cpu", "CI": "true"}
-  result = subprocess.run([sys.executable, "-c", _WITHOUT_TRAINER, RUN,
-                           "--config=experiments/dsbench.py", f"--workdir={tmp_path}"],
+def test_without_bubblewrap_it_refuses_to_train_and_says_how_to_fix(tmp_path):
+  empty_bin = tmp_path / "bin"  # no bwrap on PATH: the sandbox cannot isolate model code
+  empty_bin.mkdir()
+  env = {**os.environ, "JAX_PLATFORMS": "cpu", "CI": "true", "PATH": str(empty_bin)}
+  result = subprocess.run([sys.executable, RUN, "--config=experiments/mathchat.py:smoke",
+                           f"--workdir={tmp_path / 'w'}"],
                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
-  assert result.returncode == 0, result.stderr
-  assert "not available yet" in result.stderr and "nothing was trained" in result.stderr
-  assert (tmp_path / "config.json").exists()
-  assert not (tmp_path / "checkpoints").exists()
+  assert result.returncode == 1, result.stderr[-3000:]
+  assert "FATAL:" in result.stderr and "apt-get install bubblewrap" in result.stderr
+  assert "--config.sandbox.allow_unisolated=true" in result.stderr
+  assert "Traceback" not in result.stderr
+  assert not os.path.exists(tmp_path / "w" / "checkpoints" / "1")
 
 
 def test_two_process_launch_initialises_jax_distributed(tmp_path):

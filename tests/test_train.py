@@ -43,7 +43,7 @@ def _scalars(logdir: str) -> dict[str, list[tuple[int, float]]]:
 def test_train_then_resume(tmp_path):
   workdir = str(tmp_path / "run")
   config = mconfig.validate(mconfig.load_config(
-      "experiments/mathchat.py:local", overrides=_OVERRIDES + ("--config.train.num_steps=1",)))
+      "experiments/mathchat.py:smoke", overrides=_OVERRIDES + ("--config.train.num_steps=1",)))
   trainer = train.Trainer(config, workdir)
   metrics = trainer.train()
   agents = tuple(config.agents)
@@ -56,7 +56,7 @@ def test_train_then_resume(tmp_path):
 
   # Resume: a second trainer with a longer horizon continues at step 2 from the checkpoint.
   config2 = mconfig.validate(mconfig.load_config(
-      "experiments/mathchat.py:local", overrides=_OVERRIDES + ("--config.train.num_steps=2",)))
+      "experiments/mathchat.py:smoke", overrides=_OVERRIDES + ("--config.train.num_steps=2",)))
   trainer2 = train.Trainer(config2, workdir)
   trainer2._restore()  # pylint: disable=protected-access  (train() does this first)
   assert trainer2.step == 1

@@ -9,9 +9,12 @@ answer is signals['answer'] or else the last `\\boxed{...}` of that text.
   - Problem Solver (and any unknown role):
       answer present 4 | answer well-formed 2 (a plain number: 2, other short text: 1) |
       consistent 2 (every boxed answer in the output agrees) | finished 2 (not truncated).
-  - Code Executor:
-      code written 2 (>= 1 python block) | code ran 3 (x share of blocks without error or
-      timeout) | answer present 2 | answer well-formed 1 | finished 2.
+  - Code Executor (one action is either a program or a report; the sum is capped at 10):
+      code written 2 (>= 1 python block) | code ran 2 (x share of blocks without error or
+      timeout) | printed a result 1 (its tool output is non-empty and not a failure) |
+      answer present 2 | answer well-formed 1 | grounded 2 (the answer equals the last number
+      of the latest tool output the agent has seen: its own, else the last <tool_response> of
+      its input; no tool output seen: 0) | finished 2.
   - Verifier: the Problem Solver rubric.
   When the role may see the label (default: Verifier), correctness dominates:
       score = 0.4 * rubric + 6 * correct, correct = is_equivalent(answer, label), and
@@ -39,6 +42,7 @@ import re
 from mappa_jax.coach import requests as rq
 from mappa_jax.coach import rubrics
 from mappa_jax.coach.types import CoachRequest, CoachResult
+from mappa_jax.tools import code_blocks
 
 log = logging.getLogger(__name__)
 
@@ -115,6 +119,29 @@ def _quality_cap(signals: dict) -> tuple[float | None, str]:
   return 3.0, f"{name}={value:.4g} no better than baseline {baseline:.4g}"
 
 
+_NUMBER = re.compile(r"(?<![\w.])-?\d+(?:\.\d+)?")
+_TOOL_RESPONSE = re.compile(r"<tool_response>(.*?)</tool_response>", re.S)
+
+
+def _printed_result(observation: str) -> bool:
+  return bool(code_blocks.printed_part(observation or ""))
+
+
+def _last_tool_output(request: CoachRequest) -> str:
+  """What the latest tool output the agent has seen printed: its own action's, else its
+  input's last <tool_response> ('' when that run failed or printed nothing)."""
+  own = code_blocks.printed_part(request.tool_observation or "")
+  if own:
+    return own
+  found = _TOOL_RESPONSE.findall(request.agent_input or "")
+  return code_blocks.printed_part(found[-1]) if found else ""
+
+
+def _last_number(text: str) -> str | None:
+  found = _NUMBER.findall(text)
+  return found[-1] if found else None
+
+
 class RuleCoach:
   """Deterministic rubric coach (see the module docstring for the rubric)."""
 
@@ -164,7 +191,10 @@ class RuleCoach:
       blocks = int(sig.get("code_blocks", 0))
       sheet.add(2.0 if blocks > 0 else 0.0, 2, f"code written: {blocks} python block(s)")
       share, why = _ran_share(sig)
-      sheet.add(3.0 * share, 3, f"code ran: {why}")
+      sheet.add(2.0 * share, 2, f"code ran: {why}")
+      printed = _printed_result(request.tool_observation)
+      sheet.add(1.0 if printed else 0.0, 1,
+                "printed a result" if printed else "no result printed")
     sheet.add(w_present if answer else 0.0, w_present,
               f"final answer present: {answer!r}" if answer else "no final answer")
     if answer is None:
@@ -175,6 +205,15 @@ class RuleCoach:
       sheet.add(w_form / 2, w_form, "answer is short but not a plain number")
     else:
       sheet.add(0.0, w_form, "answer is not a short expression")
+    if is_executor:
+      seen = _last_tool_output(request)
+      number = _last_number(seen) if seen else None
+      grounded = (answer is not None and number is not None
+                  and bool(grading.is_equivalent(answer, number)))
+      sheet.add(2.0 if grounded else 0.0, 2,
+                "grounded: the answer is the tool output's result" if grounded else
+                "not grounded: no tool output seen" if number is None else
+                f"not grounded: the tool output's result is {number!r}")
     if not is_executor:
       distinct = {grading.normalize_answer(b) for b in boxes}
       consistent = answer is not None and len(distinct) <= 1

@@ -171,3 +171,34 @@ def generate_splits(n_train: int, n_eval: int, *, seed: int = 0,
   """(train, eval) task lists; disjoint by construction."""
   return (generate(n_train, split="train", seed=seed, config=config),
           generate(n_eval, split="eval", seed=seed, config=config))
+
+
+def write_jsonl(tasks: Sequence[Task], path: str) -> str:
+  """Writes tasks as {"task_id", "prompt", "answer", "task_type"} JSONL (launch/eval.py reads
+  it); the prompt is the raw problem, without the boxed-answer suffix the run adds."""
+  import json  # pylint: disable=g-import-not-at-top
+  with open(path, "w", encoding="utf-8") as f:
+    for t in tasks:
+      f.write(json.dumps({"task_id": t.task_id, "prompt": t.metadata["raw_prompt"],
+                          "answer": t.answer, "task_type": t.task_type}) + "\n")
+  return path
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+  """python -m mappa_jax.data.synthetic --split=eval --n=200 --seed=7 --out=problems.jsonl"""
+  import argparse  # pylint: disable=g-import-not-at-top
+  ap = argparse.ArgumentParser(description="Writes synthetic arithmetic problems as JSONL.")
+  ap.add_argument("--n", type=int, required=True, help="number of problems")
+  ap.add_argument("--split", default="eval", choices=("train", "eval"))
+  ap.add_argument("--seed", type=int, default=0)
+  ap.add_argument("--difficulty", type=int, default=2, help="levels 1..difficulty (1-5)")
+  ap.add_argument("--out", required=True)
+  args = ap.parse_args(argv)
+  config = ArithmeticConfig(levels=tuple(range(1, args.difficulty + 1)))
+  path = write_jsonl(generate(args.n, split=args.split, seed=args.seed, config=config), args.out)
+  print(f"{args.n} {args.split}-split problems (seed {args.seed}) -> {path}")
+  return 0
+
+
+if __name__ == "__main__":
+  raise SystemExit(main())

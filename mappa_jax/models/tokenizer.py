@@ -25,9 +25,19 @@ from mappa_jax.models import chat_template as chat_template_lib
 
 _ASSETS = pathlib.Path(__file__).resolve().parent.parent / "assets" / "tiny_tokenizer"
 
-# The pre-tokenization regex of GPT-4/Qwen2-style byte-level BPEs (digits split one by one).
-_SPLIT_PATTERN = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}|"
-                  r" ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+")
+# The pre-tokenization regex of GPT-4/Qwen2-style byte-level BPEs (digits split one by one;
+# `{digits}` is widened to up to 3 digits per token by split_pattern(3), as in cl100k).
+_SPLIT_TEMPLATE = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{{L}}\p{{N}}]?\p{{L}}+|{digits}|"
+                   r" ?[^\s\p{{L}}\p{{N}}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+")
+
+
+def split_pattern(max_digits: int = 1) -> str:
+  """The pre-tokenizer regex with numbers cut into groups of at most `max_digits` digits."""
+  return _SPLIT_TEMPLATE.format(digits=r"\p{N}" if max_digits == 1 else
+                                rf"\p{{N}}{{1,{int(max_digits)}}}")
+
+
+_SPLIT_PATTERN = split_pattern(1)
 TINY_BPE_SIZE = 500
 # (content, special): special tokens are control tokens skipped by skip_special_tokens; the
 # think/tool tags are ordinary added tokens, as in Qwen's tokenizers.
@@ -264,25 +274,39 @@ def _tiny_corpus() -> list[str]:
 
 
 def build_tiny_tokenizer(out_dir: str | pathlib.Path,
-                         chat_template: str | None = None) -> pathlib.Path:
-  """Trains the tiny byte-level BPE offline and writes tokenizer.json + tokenizer_config.json.
+                         chat_template: str | None = None, *,
+                         corpus: Sequence[str] | None = None,
+                         vocab_size: int | None = None, max_digits: int = 1) -> pathlib.Path:
+  """Trains a small byte-level BPE offline and writes tokenizer.json + tokenizer_config.json.
 
-  Deterministic: rebuilding gives byte-identical files (a test checks the shipped ones).
+  Args:
+    out_dir: where the two files go.
+    chat_template: Jinja chat template (default: the Qwen3 thinking template).
+    corpus: texts to learn merges from. Default: the built-in corpus, trained to exactly
+      TINY_BPE_SIZE tokens (the shipped mappa_jax/assets/tiny_tokenizer).
+    vocab_size: most BPE tokens (before the added special tokens) when `corpus` is given;
+      fewer when the corpus has no more pairs seen twice.
+    max_digits: digits a number token may hold (1 = Qwen's digit-by-digit split). With 3,
+      a number below 1000 that the corpus has seen twice becomes one token, so copying it
+      is one lookup instead of a chain of digit lookups (what a tiny model learns first).
+  Deterministic: the same corpus gives byte-identical files (a test checks the shipped ones).
   """
   out_dir = pathlib.Path(out_dir)
   out_dir.mkdir(parents=True, exist_ok=True)
   tok = tokenizers.Tokenizer(models.BPE(unk_token=None, fuse_unk=False, byte_fallback=False))
   tok.normalizer = normalizers.NFC()
   tok.pre_tokenizer = pre_tokenizers.Sequence([
-      pre_tokenizers.Split(tokenizers.Regex(_SPLIT_PATTERN), behavior="isolated", invert=False),
+      pre_tokenizers.Split(tokenizers.Regex(split_pattern(max_digits)), behavior="isolated",
+                           invert=False),
       pre_tokenizers.ByteLevel(add_prefix_space=False, trim_offsets=False, use_regex=False),
   ])
   tok.decoder = decoders.ByteLevel(add_prefix_space=False, trim_offsets=False, use_regex=False)
-  trainer = trainers.BpeTrainer(vocab_size=TINY_BPE_SIZE, min_frequency=2, show_progress=False,
+  size = TINY_BPE_SIZE if corpus is None else int(vocab_size or TINY_BPE_SIZE)
+  trainer = trainers.BpeTrainer(vocab_size=size, min_frequency=2, show_progress=False,
                                 initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
                                 special_tokens=[])
-  tok.train_from_iterator(_tiny_corpus(), trainer=trainer)
-  if tok.get_vocab_size() != TINY_BPE_SIZE:
+  tok.train_from_iterator(_tiny_corpus() if corpus is None else list(corpus), trainer=trainer)
+  if corpus is None and tok.get_vocab_size() != TINY_BPE_SIZE:
     raise RuntimeError(f"tiny BPE has {tok.get_vocab_size()} tokens, expected {TINY_BPE_SIZE}; "
                        "grow the built-in corpus")
   tok.add_tokens([tokenizers.AddedToken(c, special=s, normalized=False)

@@ -107,5 +107,14 @@ def format_run(stdout: str, stderr: str, *, timed_out: bool = False, limit: str 
   return out
 
 
+def printed_part(observation: str) -> str:
+  """What a formatted run (format_run / join_outputs) printed to stdout: '' for a failed or
+  cut-off execution, else the text before its '[stderr]: ' part (the last run's, when joined)."""
+  last = observation.split("\n------\n")[-1].strip()
+  if last.startswith("[Execution") or last.startswith("[stderr]: "):
+    return ""
+  return last.split("\n[stderr]: ")[0].strip()
+
+
 def join_outputs(outputs: Sequence[str]) -> str:
   return "\n------\n".join(outputs)

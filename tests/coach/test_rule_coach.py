@@ -50,10 +50,35 @@ def test_code_executor_credits_code_that_runs():
   crashed = rule(make_request(role="Code Executor", output="```python\n1/0\n```",
                               signals={"code_blocks": 2, "tool_errors": 1, "tool_timeouts": 0}))
   no_code = rule(make_request(role="Code Executor", output="The answer is 42."))
-  assert good.score == 10.0
-  assert crashed.score == pytest.approx(2 + 1.5 + 2)
+  assert good.score == 9.0  # written 2 + ran 2 + answer 2 + form 1 + finished 2; nothing printed
+  assert crashed.score == pytest.approx(2 + 1.0 + 2)
   assert no_code.score == 2.0
   assert "1 of 2 blocks without error" in crashed.rationale
+
+
+def test_code_executor_prefers_computing_and_reporting_the_tool_result():
+  # The behaviours the tiny base team mixes (mappa_jax/sft/demos.py), ordered by the rubric.
+  ran = dict(signals={"code_blocks": 1, "tool_errors": 0})
+  compute = rule(make_request(role="Code Executor", output="```python\nprint(6*7)\n```",
+                              tool_observation="42", **ran))
+  no_print = rule(make_request(role="Code Executor", output="```python\n6*7\n```",
+                               tool_observation="", **ran))
+  syntax = rule(make_request(role="Code Executor", output="```python\nprint(6*7\n```",
+                             tool_observation="[Execution Failed]\n[stderr/error]: SyntaxError",
+                             signals={"code_blocks": 1, "tool_errors": 1}))
+  restate = rule(make_request(role="Code Executor", output="The solver found 41. \\boxed{41}"))
+  turn2 = "user\n<tool_response>\n42\n</tool_response><|im_end|>"
+  report = rule(make_request(role="Code Executor", output="Printed 42. \\boxed{42}",
+                             agent_input=turn2))
+  ignore = rule(make_request(role="Code Executor", output="The solver found 41. \\boxed{41}",
+                             agent_input=turn2))
+  assert compute.score == 7.0 and "printed a result" in compute.rationale
+  assert no_print.score == 6.0 and "no result printed" in no_print.rationale
+  assert syntax.score == 4.0
+  assert restate.score == 5.0 and "no tool output seen" in restate.rationale
+  assert report.score == 7.0 and "grounded: the answer is the tool output" in report.rationale
+  assert ignore.score == 5.0 and "result is '42'" in ignore.rationale
+  assert compute.score > no_print.score > restate.score > syntax.score
 
 
 def test_uses_signal_answer_when_given():

@@ -30,7 +30,7 @@ def _write_tasks(path):
 
 
 def test_load_task_file_ids_types_and_suffix(tmp_path):
-  config = mconfig.load_config("experiments/mathchat.py")
+  config = mconfig.load_config("experiments/mathchat.py:smoke")
   config.data.prompt_suffix = "Box it."
   tasks = team.load_task_file(_write_tasks(tmp_path / "three.jsonl"), config)
   assert [t.task_id for t in tasks] == ["t1", "t2", "three-2"]
@@ -74,7 +74,7 @@ def _snapshot(workdir):
 def test_eval_cli_base_and_latest(tmp_path):
   workdir = str(tmp_path / "run")
   run = subprocess.run(
-      [sys.executable, "launch/run.py", "--config=experiments/mathchat.py",
+      [sys.executable, "launch/run.py", "--config=experiments/mathchat.py:smoke",
        f"--workdir={workdir}", *_RUN_FLAGS],
       cwd=ROOT, capture_output=True, text=True, timeout=900, check=False)
   assert run.returncode == 0, run.stderr[-3000:]

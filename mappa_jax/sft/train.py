@@ -1,0 +1,221 @@
+"""Supervised fine-tuning of the project's decoder on demonstration actions (the tiny base team).
+
+  checkpoint = pretrain(config, out_dir)   # demonstrations -> packed rows -> AdamW -> HF export
+
+Everything runs through the project's own parts: the synthetic task family, the real MathChat
+workflow with the sandbox (demos.py / data.py), the Flax NNX decoder, optax and the HF exporter.
+Seeded end to end: the same config gives the same checkpoint on the same machine.
+"""
+from __future__ import annotations
+
+import collections
+import json
+import logging
+import os
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from flax import nnx
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+
+from mappa_jax import factory
+from mappa_jax.data import synthetic
+from mappa_jax.models.config import ModelConfig
+from mappa_jax.models.decoder import Decoder
+from mappa_jax.models.hf_io import export_hf
+from mappa_jax.models import tokenizer as tokenizer_lib
+from mappa_jax.models.tokenizer import Tokenizer
+from mappa_jax.sft import data as sft_data
+from mappa_jax.sft.demos import DemoMixture
+from mappa_jax.tools.sandbox import Sandbox, SandboxLimits
+from mappa_jax.workflows.mathchat import MathChatConfig
+
+log = logging.getLogger(__name__)
+
+
+def masked_cross_entropy(logits: jax.Array, tokens: jax.Array, loss_mask: jax.Array
+                         ) -> tuple[jax.Array, jax.Array]:
+  """Mean next-token cross-entropy over masked positions.
+
+  Args:
+    logits: [B, T, V]; position t predicts tokens[:, t + 1].
+    tokens: int32 [B, T].
+    loss_mask: float32 [B, T], 1 where position t's target (token t + 1) is trained.
+  Returns:
+    (mean loss, number of trained tokens).
+  """
+  targets = jnp.concatenate([tokens[:, 1:], tokens[:, :1]], axis=1)  # last column is masked
+  ce = optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), targets)
+  n = jnp.maximum(loss_mask.sum(), 1.0)
+  return (ce * loss_mask).sum() / n, n
+
+
+def make_train_step(graphdef, optimizer: optax.GradientTransformation):
+  """(params, opt_state, batch) -> (params, opt_state, loss): one jitted AdamW step."""
+
+  def loss_fn(params, batch):
+    model = nnx.merge(graphdef, params)
+    hidden, _ = model(batch["tokens"], batch["positions"], segment_ids=batch["segment_ids"])
+    loss, _ = masked_cross_entropy(model.logits(hidden), batch["tokens"], batch["loss_mask"])
+    return loss
+
+  @jax.jit
+  def step(params, opt_state, batch):
+    loss, grads = jax.value_and_grad(loss_fn)(params, batch)
+    updates, opt_state = optimizer.update(grads, opt_state, params)
+    return optax.apply_updates(params, updates), opt_state, loss
+
+  return step
+
+
+def _tasks(cfg: ml_collections.ConfigDict):
+  arith = synthetic.ArithmeticConfig(levels=tuple(cfg.data.levels),
+                                     eval_permille=int(cfg.data.eval_permille))
+  return synthetic.generate(int(cfg.data.n_tasks), split="train", seed=int(cfg.data.seed),
+                            config=arith)
+
+
+def _sandbox(cfg: ml_collections.ConfigDict) -> Sandbox:
+  return Sandbox(cfg.sandbox.backend, SandboxLimits(timeout_s=10.0),
+                 max_concurrency=int(cfg.sandbox.max_concurrency),
+                 allow_unisolated=bool(cfg.sandbox.allow_unisolated))
+
+
+def _workflow_config(cfg: ml_collections.ConfigDict) -> MathChatConfig:
+  # The prompts must read exactly as the local presets render them (the budget line too).
+  return MathChatConfig(executor_max_turns=int(cfg.workflow.executor_max_turns),
+                        token_budget=factory.budget_text(int(cfg.workflow.max_new_tokens)))
+
+
+def train_tokenizer(cfg: ml_collections.ConfigDict, out_dir: str | os.PathLike) -> Path:
+  """A byte-level BPE fitted to the team's own transcripts (cfg.tokenizer).
+
+  The first cfg.tokenizer.train_tasks tasks' demonstrations are rendered with the shipped
+  tiny tokenizer (byte-level: the text round-trips exactly), and the BPE learns its merges
+  from that text, so the fixed role prompts take about half as many tokens.
+  """
+  if int(cfg.tokenizer.number_tokens) > 10 ** int(cfg.tokenizer.max_digits):
+    raise ValueError(f"tokenizer.number_tokens={cfg.tokenizer.number_tokens} needs numbers of "
+                     f"more than tokenizer.max_digits={cfg.tokenizer.max_digits} digits")
+  bootstrap = Tokenizer.from_dir(cfg.tokenizer.bootstrap_dir)
+  tasks = _tasks(cfg)[:int(cfg.tokenizer.train_tasks)]
+  sandbox = _sandbox(cfg)
+  try:
+    trajs, _ = sft_data.collect_demonstrations(
+        tasks, bootstrap, sandbox, mixture=DemoMixture(**cfg.mixture.to_dict()),
+        seed=int(cfg.data.seed), config=_workflow_config(cfg))
+  finally:
+    sandbox.close()
+  corpus = []
+  for traj in trajs:
+    for action in traj.actions:
+      text = bootstrap.decode(action.prompt_ids + action.response_ids)
+      for added, _ in tokenizer_lib.TINY_ADDED_TOKENS:  # added tokens are not merged
+        text = text.replace(added, "\n")
+      corpus.append(text)
+  # Every number below cfg.tokenizer.number_tokens, twice (the BPE merges pairs seen twice):
+  # each becomes one token, so an agent copies a number in one step, whatever its value.
+  corpus.append(" ".join(f"{i} {i}" for i in range(int(cfg.tokenizer.number_tokens))))
+  return tokenizer_lib.build_tiny_tokenizer(out_dir, corpus=corpus,
+                                            vocab_size=int(cfg.tokenizer.vocab_size),
+                                            max_digits=int(cfg.tokenizer.max_digits))
+
+
+def build_examples(cfg: ml_collections.ConfigDict, tokenizer: Tokenizer
+                   ) -> tuple[list[sft_data.Example], dict[str, Any]]:
+  """Demonstration actions for cfg.data.n_tasks training-split tasks, and what was drawn."""
+  mix = DemoMixture(**cfg.mixture.to_dict())
+  sandbox = _sandbox(cfg)
+  try:
+    trajs, counts = sft_data.collect_demonstrations(_tasks(cfg), tokenizer, sandbox, mixture=mix,
+                                                    seed=int(cfg.data.seed),
+                                                    config=_workflow_config(cfg))
+  finally:
+    sandbox.close()
+  accuracy = float(np.mean([t.outcome.get("rule_correct", 0.0) for t in trajs]))
+  info = {"trajectories": len(trajs), "demonstration_accuracy": accuracy,
+          "expected_accuracy": mix.expected_accuracy(),
+          "behaviours": {a: dict(sorted(c.items())) for a, c in sorted(counts.items())}}
+  return sft_data.examples_from(trajs), info
+
+
+def pretrain(cfg: ml_collections.ConfigDict, out_dir: str | os.PathLike) -> dict[str, Any]:
+  """Builds demonstrations, trains the decoder on them and exports an HF checkpoint.
+
+  Returns the run summary (also written to <out_dir>/pretrain_info.json).
+  """
+  t_start = time.perf_counter()
+  with tempfile.TemporaryDirectory(prefix="mappa_tokenizer_") as tmp:
+    tokenizer_dir = train_tokenizer(cfg, tmp)
+    tokenizer = Tokenizer.from_dir(tokenizer_dir)
+    examples, info = build_examples(cfg, tokenizer)
+    info["tokenizer_size"] = tokenizer.vocab_size
+    return _train_and_export(cfg, out_dir, tokenizer_dir, tokenizer, examples, info, t_start)
+
+
+def _train_and_export(cfg, out_dir, tokenizer_dir, tokenizer, examples, info, t_start):
+  """Fits the decoder to `examples` and exports it with the tokenizer (see pretrain)."""
+  per_agent = collections.Counter(e.agent for e in examples)
+  batch_size, epochs = int(cfg.train.batch_size), int(cfg.train.epochs)
+  batches = sft_data.bucketed_batches(examples, batch_size, pad_id=tokenizer.eos_token_ids[-1],
+                                      multiple=int(cfg.train.length_multiple))
+  order = sft_data.epoch_order(len(batches), seed=int(cfg.seed), epochs=epochs)
+  t_data = time.perf_counter() - t_start
+  log.info("%d demonstration actions (%s) in %d batches of %d, lengths %s (%.1f s)",
+           len(examples), dict(per_agent), len(batches), batch_size,
+           sorted({b["tokens"].shape[1] for b in batches}), t_data)
+
+  # The embedding has a row per token id, rounded up to a multiple of 64.
+  vocab = -(-tokenizer.vocab_size // 64) * 64
+  model_cfg = ModelConfig(**cfg.model.to_dict(), vocab_size=vocab,
+                          eos_token_ids=tuple(tokenizer.eos_token_ids))
+  tokenizer.check_vocab(model_cfg.vocab_size)
+  model = Decoder(model_cfg, rngs=nnx.Rngs(params=int(cfg.seed)))
+  graphdef, params = nnx.split(model, nnx.Param)
+  n_params = sum(x.size for x in jax.tree.leaves(params))
+  total = len(order)
+  schedule = optax.warmup_cosine_decay_schedule(
+      0.0, float(cfg.train.learning_rate), max(1, int(cfg.train.warmup_ratio * total)),
+      max(total, 2), end_value=float(cfg.train.learning_rate) * float(cfg.train.min_lr_ratio))
+  optimizer = optax.chain(optax.clip_by_global_norm(float(cfg.train.max_grad_norm)),
+                          optax.adamw(schedule, b1=0.9, b2=0.95,
+                                      weight_decay=float(cfg.train.weight_decay)))
+  opt_state = optimizer.init(params)
+  step_fn = make_train_step(graphdef, optimizer)
+  log.info("model: %.2f M parameters; %d steps (%d epochs x %d batches)",
+           n_params / 1e6, total, epochs, len(batches))
+
+  losses, t_train = [], time.perf_counter()
+  every = max(1, total // 20)
+  for i, index in enumerate(order):
+    batch = {k: jnp.asarray(v) for k, v in batches[index].items()}
+    params, opt_state, loss = step_fn(params, opt_state, batch)
+    if (i + 1) % every == 0 or i + 1 == total:
+      losses.append((i + 1, float(loss)))
+      log.info("step %d/%d: loss %.4f (%.0f s)", i + 1, total, float(loss),
+               time.perf_counter() - t_train)
+  t_train = time.perf_counter() - t_train
+
+  nnx.update(model, params)
+  out = export_hf(model, out_dir, tokenizer_dir=tokenizer_dir)
+  info.update({
+      "parameters": int(n_params), "actions": len(examples), "actions_per_agent": dict(per_agent),
+      "batches": len(batches), "steps": int(total),
+      "loss_curve": losses, "final_loss": losses[-1][1] if losses else None,
+      "data_seconds": round(t_data, 1), "train_seconds": round(t_train, 1),
+      "wall_seconds": round(time.perf_counter() - t_start, 1),
+      "jax_version": jax.__version__, "config": cfg.to_dict()})
+  write_info(out, info)
+  return info
+
+
+def write_info(out_dir: str | os.PathLike, info: dict[str, Any]) -> None:
+  """<out_dir>/pretrain_info.json: what was trained, on what, and how long it took."""
+  with open(Path(out_dir) / "pretrain_info.json", "w", encoding="utf-8") as f:
+    json.dump(info, f, indent=1, sort_keys=True, default=str)
