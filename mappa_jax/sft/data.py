@@ -113,3 +113,13 @@ def epoch_order(n_batches: int, *, seed: int, epochs: int) -> list[int]:
   """Batch indices over all epochs: a seeded shuffle per epoch."""
   return [int(i) for epoch in range(epochs)
           for i in np.random.default_rng([seed, epoch]).permutation(n_batches)]
+
+
+def add_number_masks(batches: list[dict[str, np.ndarray]], tokenizer) -> None:
+  """Adds 'number_mask' [B, T] to each batch: loss_mask where the target token is a number."""
+  is_number = np.zeros(tokenizer.vocab_size, bool)
+  for i in range(tokenizer.vocab_size):
+    is_number[i] = tokenizer.decode([i]).strip().isdigit()
+  for b in batches:
+    targets = np.concatenate([b["tokens"][:, 1:], b["tokens"][:, :1]], axis=1)
+    b["number_mask"] = b["loss_mask"] * is_number[targets]

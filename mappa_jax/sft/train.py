@@ -57,19 +57,26 @@ def masked_cross_entropy(logits: jax.Array, tokens: jax.Array, loss_mask: jax.Ar
 
 
 def make_train_step(graphdef, optimizer: optax.GradientTransformation):
-  """(params, opt_state, batch) -> (params, opt_state, loss): one jitted AdamW step."""
+  """(params, opt_state, batch) -> (params, opt_state, metrics): one jitted AdamW step.
+
+  metrics: 'loss' (mean over response tokens) and 'number_loss' (over the response tokens
+  that are numbers: what the team must copy right; the template is learned long before).
+  """
 
   def loss_fn(params, batch):
     model = nnx.merge(graphdef, params)
     hidden, _ = model(batch["tokens"], batch["positions"], segment_ids=batch["segment_ids"])
-    loss, _ = masked_cross_entropy(model.logits(hidden), batch["tokens"], batch["loss_mask"])
-    return loss
+    logits = model.logits(hidden)
+    loss, _ = masked_cross_entropy(logits, batch["tokens"], batch["loss_mask"])
+    number_loss, _ = masked_cross_entropy(logits, batch["tokens"], batch["number_mask"])
+    return loss, number_loss
 
   @jax.jit
   def step(params, opt_state, batch):
-    loss, grads = jax.value_and_grad(loss_fn)(params, batch)
+    (loss, number_loss), grads = jax.value_and_grad(loss_fn, has_aux=True)(params, batch)
     updates, opt_state = optimizer.update(grads, opt_state, params)
-    return optax.apply_updates(params, updates), opt_state, loss
+    return (optax.apply_updates(params, updates), opt_state,
+            {"loss": loss, "number_loss": number_loss})
 
   return step
 
@@ -165,6 +172,7 @@ def _train_and_export(cfg, out_dir, tokenizer_dir, tokenizer, examples, info, t_
   batch_size, epochs = int(cfg.train.batch_size), int(cfg.train.epochs)
   batches = sft_data.bucketed_batches(examples, batch_size, pad_id=tokenizer.eos_token_ids[-1],
                                       multiple=int(cfg.train.length_multiple))
+  sft_data.add_number_masks(batches, tokenizer)
   order = sft_data.epoch_order(len(batches), seed=int(cfg.seed), epochs=epochs)
   t_data = time.perf_counter() - t_start
   log.info("%d demonstration actions (%s) in %d batches of %d, lengths %s (%.1f s)",
@@ -191,15 +199,18 @@ def _train_and_export(cfg, out_dir, tokenizer_dir, tokenizer, examples, info, t_
   log.info("model: %.2f M parameters; %d steps (%d epochs x %d batches)",
            n_params / 1e6, total, epochs, len(batches))
 
-  losses, t_train = [], time.perf_counter()
+  losses, window, t_train = [], [], time.perf_counter()
   every = max(1, total // 20)
   for i, index in enumerate(order):
     batch = {k: jnp.asarray(v) for k, v in batches[index].items()}
-    params, opt_state, loss = step_fn(params, opt_state, batch)
+    params, opt_state, metrics = step_fn(params, opt_state, batch)
+    window.append(metrics)
     if (i + 1) % every == 0 or i + 1 == total:
-      losses.append((i + 1, float(loss)))
-      log.info("step %d/%d: loss %.4f (%.0f s)", i + 1, total, float(loss),
-               time.perf_counter() - t_train)
+      mean = {k: float(np.mean([float(m[k]) for m in window])) for k in window[0]}
+      window = []
+      losses.append((i + 1, mean["loss"], mean["number_loss"]))
+      log.info("step %d/%d: loss %.4f, number tokens %.4f (%.0f s)", i + 1, total,
+               mean["loss"], mean["number_loss"], time.perf_counter() - t_train)
   t_train = time.perf_counter() - t_train
 
   nnx.update(model, params)
@@ -208,6 +219,7 @@ def _train_and_export(cfg, out_dir, tokenizer_dir, tokenizer, examples, info, t_
       "parameters": int(n_params), "actions": len(examples), "actions_per_agent": dict(per_agent),
       "batches": len(batches), "steps": int(total),
       "loss_curve": losses, "final_loss": losses[-1][1] if losses else None,
+      "final_number_loss": losses[-1][2] if losses else None,
       "data_seconds": round(t_data, 1), "train_seconds": round(t_train, 1),
       "wall_seconds": round(time.perf_counter() - t_start, 1),
       "jax_version": jax.__version__, "config": cfg.to_dict()})
