@@ -34,8 +34,10 @@ class Phase:
   """Counts work in one phase; draws a bar when interactive, else logs once at the end."""
 
   def __init__(self, name: str, total: int | None = None, *, unit: str = "it",
-               enabled: bool = True, stream: IO | None = None, logger: logging.Logger = _LOG):
+               enabled: bool = True, stream: IO | None = None, logger: logging.Logger = _LOG,
+               log_end: bool = True):
     self.name = name
+    self._log_end = log_end  # False: the caller reports this phase in its own log line
     self.total = total
     self.unit = unit
     self.count = 0
@@ -63,7 +65,7 @@ class Phase:
     if self._bar is not None:
       self._bar.close()
       self._bar = None
-    if self._enabled:
+    if self._enabled and self._log_end:
       of = f"/{self.total}" if self.total is not None else ""
       self._logger.info("%s: %d%s %s in %.1f s", self.name, self.count, of, self.unit,
                         self.elapsed_s)
@@ -102,11 +104,12 @@ def quiet_library_logs(packages: tuple[str, ...] = ("orbax", "jax"),
 
 
 def phase(name: str, total: int | None = None, *, unit: str = "it",
-          stream: IO | None = None) -> Phase:
-  """A `Phase` that reports only on process 0 (safe to call on every host)."""
+          stream: IO | None = None, log_end: bool = True) -> Phase:
+  """A `Phase` that reports only on process 0 (safe to call on every host); log_end=False
+  keeps the bar but not the closing log line (the caller's own line reports the phase)."""
   try:
     import jax  # pylint: disable=g-import-not-at-top
     enabled = jax.process_index() == 0
   except ImportError:  # progress is also usable from jax-free tools
     enabled = True
-  return Phase(name, total, unit=unit, enabled=enabled, stream=stream)
+  return Phase(name, total, unit=unit, enabled=enabled, stream=stream, log_end=log_end)

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import json
 import logging
 import os
 import time
@@ -257,7 +256,9 @@ class Trainer:
 
   async def _run_all(self, workflow, tasks, n_samples: int, name: str = "rollout"
                      ) -> list[Trajectory]:
-    with phase(name, total=len(tasks) * n_samples, unit="traj") as bar:
+    # A training step's rollout is reported in the step's own log line.
+    with phase(name, total=len(tasks) * n_samples, unit="traj",
+               log_end=name != "rollout") as bar:
       trajs = await eval_runner.run_trajectories(
           tasks, _counted(workflow.run, bar), n_samples=n_samples,
           max_concurrency=int(self.config.rollout.max_concurrent_workflows))
@@ -407,8 +408,11 @@ class Trainer:
             trajectories_path=(os.path.join(out_dir, f"step{step:06d}_{name}.trajectories.jsonl")
                                if self.process_index == 0 else None),
             decode=self.tokenizer.decode))
-      log.info("eval %s at step %d (%.1f s): %s", name, step, time.perf_counter() - t0,
-               json.dumps({k: round(v, 4) for k, v in sorted(report.scalars().items())[:12]}))
+      headline = next(k for k in ("rule_accuracy", "success_rate") if k in report.summary)
+      stat = report.summary[headline]
+      log.info("eval %s at step %d (%.1f s): %s %.3f [95%% CI %.3f, %.3f] over %d %s", name,
+               step, time.perf_counter() - t0, headline, stat["mean"], stat["ci_low"],
+               stat["ci_high"], stat["n"], "problems" if headline == "rule_accuracy" else "tasks")
       scalars.update(report.scalars())
     if self.process_index == 0:
       log.info("eval report: %s", eval_report.write_report(self.workdir))
@@ -492,7 +496,7 @@ class Trainer:
                               rng=self._global_rng(self.rng), data_state=self.data_state,
                               metrics=metrics, force=self.step == num_steps)
         bar.update(1)
-        log.info("step %d: %s", self.step, _summary(metrics))
+        log.info("step %d/%d: %s", self.step, num_steps, _summary(metrics, self.agents))
     self.close()
     if self.process_index == 0 and eval_summary.has_before_after(self.workdir):
       print(eval_summary.run_summary(self.workdir), flush=True)  # for the user, not the log
@@ -538,9 +542,21 @@ def _like(state, restored: dict):
   return type(state)(**fields)
 
 
-def _summary(metrics: dict[str, float]) -> str:
-  keys = sorted(k for k in metrics if k.endswith(("/loss", "/reward_mean", "rule_correct")))
-  return json.dumps({k: round(metrics[k], 4) for k in keys})
+def _summary(metrics: dict[str, float], agents: tuple[str, ...]) -> str:
+  """One readable line per step: rollout outcome, per-agent mean reward, time, eval result."""
+  parts = [f"{k} {metrics[f'rollout/{k}']:.2f}" for k in ("rule_correct", "valid")
+           if f"rollout/{k}" in metrics]
+  rewards = " ".join(f"{a} {metrics[f'train/{a}/reward_mean']:.2f}" for a in agents
+                     if f"train/{a}/reward_mean" in metrics)
+  if rewards:
+    parts.append(f"reward {rewards}")
+  if "time/rollout_s" in metrics:
+    parts.append(f"{metrics['time/rollout_s']:.1f} s rollout + "
+                 f"{metrics['time/update_s']:.1f} s update")
+  for key in sorted(metrics):
+    if key.startswith("eval/") and key.endswith(("/rule_accuracy", "/success_rate")):
+      parts.append(f"{key} {metrics[key]:.3f}")
+  return " | ".join(parts)
 
 
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:

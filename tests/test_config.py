@@ -176,7 +176,8 @@ def test_wrong_type_override_names_the_flag():
     (["name=my run/1"], "name", "letters"),
 ])
 def test_invalid_configs_name_field_and_fix(overrides, field, fix):
-  message = _errors(mconfig.load_config(MATHCHAT, overrides))
+  # The smoke preset (random model, hf_dir None) is the plain base every check starts from.
+  message = _errors(mconfig.load_config(f"{MATHCHAT}:smoke", overrides))
   assert f"{field}:" in message, message
   assert fix in message, message
 
@@ -220,7 +221,7 @@ def test_saved_python_config_rebuilds_the_same_config(tmp_path, hf_dir):
 
 
 def test_flatten_lists_every_leaf():
-  flat = mconfig.flatten(mconfig.load_config(MATHCHAT))
+  flat = mconfig.flatten(mconfig.load_config(f"{MATHCHAT}:smoke"))
   assert flat["train.learning_rate"] == 1e-4
   assert flat["agents.code_executor.tools"] == ["python"]
   assert flat["model.hf_dir"] is None

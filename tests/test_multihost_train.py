@@ -29,9 +29,9 @@ from tests.rl.random_trajectories import random_trajectories
 
 _OVERRIDES = [
     "--config.rollout.rollout_batch_size=2",
-    "--config.rollout.n_samples_per_prompt=1",
-    "--config.rollout.max_new_tokens=12",
-    "--config.rollout.min_new_tokens=2",
+    # The shipped pretrained team (not a random model, whose gibberish ties every score so
+    # that whitened advantages are all 0): 4 trajectories whose coach scores differ.
+    "--config.rollout.n_samples_per_prompt=2",
     "--config.train.samples_per_optimizer_step=2",
     "--config.train.micro_batch_size=1",
     "--config.data.synthetic.n_train=4",
@@ -61,7 +61,7 @@ workdir, overrides = sys.argv[1], sys.argv[2:]
 
 def load(num_steps, *extra):
   return mconfig.validate(mconfig.load_config(
-      "experiments/mathchat.py:smoke",
+      "experiments/mathchat.py:local",
       overrides=tuple(overrides) + (f"--config.train.num_steps={num_steps}",) + extra))
 
 def digest(tree):
@@ -200,9 +200,9 @@ def test_two_process_training_step(tmp_path):
       moved = r["metrics"][f"train/{agent}/grad_norm"] > 0
       assert (r["params"][agent] != r["ref"]) == moved, agent
   assert any(r0["params"][a] != r0["ref"] for a in agents), "no agent was updated"
-  # Rollout counts are global (one task per process); update metrics come from the global batch.
+  # Rollout counts are global (one task x 2 samples per process); update metrics come from the global batch.
   for r in results:
-    assert r["metrics"]["rollout/trajectories"] == 2
+    assert r["metrics"]["rollout/trajectories"] == 4
     for agent in agents:
       assert r["metrics"][f"train/{agent}/loss"] == r0["metrics"][f"train/{agent}/loss"]
       assert r["metrics"][f"experience/{agent}/actions"] >= 2
@@ -210,12 +210,13 @@ def test_two_process_training_step(tmp_path):
   # Resume: both processes restore step 1's weights, then take step 2 in lockstep.
   for r in results:
     assert r["restored_step"] == 1 and r["restored"] == r["params"]
-    assert r["metrics2"]["rollout/trajectories"] == 2
+    assert r["metrics2"]["rollout/trajectories"] == 4
   assert r0["params2"] == r1["params2"]
   # Evaluation: every process ran it; process 0's scalars are shared, written once.
   evals = {k: v for k, v in r0["metrics2"].items() if k.startswith("eval/")}
   assert evals and evals == {k: v for k, v in r1["metrics2"].items() if k.startswith("eval/")}
-  assert os.listdir(os.path.join(workdir, "eval_results")) == ["step000002_synthetic.json"]
+  assert sorted(os.listdir(os.path.join(workdir, "eval_results"))) == [
+      "step000002_synthetic.json", "step000002_synthetic.trajectories.jsonl"]  # written once
 
   scalars = _scalars(os.path.join(workdir, "tensorboard", "mathchat-local"))
   for agent in agents:

@@ -57,4 +57,15 @@ def test_library_info_logs_are_hidden_but_warnings_show():
   emit(logging.INFO, "/site-packages/orbax/checkpoint/checkpoint_manager.py", "orbax info")
   emit(logging.WARNING, "/site-packages/orbax/checkpoint/checkpoint_manager.py", "orbax warn")
   emit(logging.INFO, "/work/main/mappa_jax/train.py", "our info")
+  # JAX's "Unable to initialize backend 'tpu'" on every CPU machine is INFO from jax/_src.
+  emit(logging.INFO, "/site-packages/jax/_src/xla_bridge.py", "Unable to initialize backend")
   assert stream.getvalue().splitlines() == ["orbax warn", "our info"]
+
+
+def test_log_end_false_keeps_the_bar_but_not_the_closing_line(monkeypatch, caplog):
+  monkeypatch.delenv("CI", raising=False)
+  stream = _Terminal()
+  with caplog.at_level(logging.INFO, logger="mappa_jax"):
+    with progress.phase("rollout", total=2, stream=stream, log_end=False) as bar:
+      bar.update(2)
+  assert "rollout" in stream.getvalue() and not caplog.records
