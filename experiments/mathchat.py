@@ -106,7 +106,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 def _team_preset(config: ml_collections.ConfigDict, estimator: str) -> None:
   """The CPU team presets: the pretrained tiny team learning from per-action coaching.
 
-  Sized so that `make run` (eval, 16 steps, eval) takes well under 15 minutes on 2 cores.
+  Sized so that `make run` (3 evaluations of 256 problems, 32 steps of 32 trajectories) takes
+  about 5 minutes on 2 cores (benchmarks/learning.py runs longer comparisons).
   The prompts announce rollout.max_new_tokens: experiments/pretrain_tiny.py renders its
   demonstrations with the same value, so the team sees the prompts it was pretrained on.
   """
@@ -118,22 +119,23 @@ def _team_preset(config: ml_collections.ConfigDict, estimator: str) -> None:
   r.n_samples_per_prompt = 2  # two trajectories per task (GRPO groups need >= 2)
   r.max_concurrent_workflows = 32  # every trajectory of a step in flight: bigger decode batches
   # Prompt lengths under the team's tokenizer: Problem Solver <= 150, Verifier and Code
-  # Executor turn 1 <= 205, turn 2 <= 265 tokens (and a little more for long tool output).
-  r.prompt_max_len = 320
-  r.prompt_buckets = (160, 224, 320)  # few shapes to compile, little padding
+  # Executor turn 1 <= 205, turn 2 <= 265 tokens; long tool output (capped at 400 characters
+  # below) or a long upstream answer adds up to about 100.
+  r.prompt_max_len = 384
+  r.prompt_buckets = (160, 224, 288, 384)  # few shapes to compile, little padding
   r.batch_buckets = (8,)  # on CPU a batch of 8 decodes about as fast as 1
   config.rl.advantage_estimator = estimator
   t = config.train
   t.learning_rate = 1e-4
   t.samples_per_optimizer_step = 16
   t.micro_batch_size = 8
-  t.num_steps = 16
-  t.token_budget_buckets = (256, 384)  # prompt + response: most actions / Code Executor turn 2
+  t.num_steps = 32  # 1024 training trajectories; accuracy plateaus around here
+  t.token_budget_buckets = (256, 448)  # prompt + response: most actions / the long ones
   syn = config.data.synthetic
   syn.n_train = 4096  # training-split problems (an epoch is far more than a run uses)
   syn.n_eval = 256  # held-out problems: the split is by a hash of the arithmetic itself
   syn.difficulty = 2  # one or two operations, as in the pretraining demonstrations
-  config.eval.every_steps = 16  # evaluate before training and after the last step
+  config.eval.every_steps = 16  # before training, halfway and after the last step
   config.eval.n_samples_per_prompt = 1
   config.checkpoint.every_steps = 8
   # A program printing without end would make the next prompt too long to sample from.
