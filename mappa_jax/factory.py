@@ -126,7 +126,9 @@ def experience_config(config: ml_collections.ConfigDict) -> ExperienceConfig:
       reward_source="outcome" if config.rl.advantage_estimator == "outcome" else "process",
       # Outcome-only ablation: MathChat's rule-graded correctness, DSBench's metric gain over
       # the trivial baseline (both computed by the workflow, never by the coach).
-      outcome_key="rule_correct" if config.workflow == "mathchat" else "normalized_gain")
+      outcome_key="rule_correct" if config.workflow == "mathchat" else "normalized_gain",
+      # Outcomes in [0, 1] on the coach's 0-10 scale: the same reward range as coach scores.
+      outcome_scale=10.0)
 
 
 def expected_optimizer_steps(config: ml_collections.ConfigDict, agent: str) -> int:

@@ -82,6 +82,9 @@ class ExperienceConfig:
   reward_source: 'process' (coach score per action, reference) or 'outcome'
     (trajectory.outcome[outcome_key] on every action of the trajectory; ablation).
   outcome_key: which outcome signal to use for reward_source='outcome'.
+  outcome_scale: multiplies the outcome value before reward_scale. The trainer uses 10: an
+    outcome in [0, 1] goes on the coach's 0-10 scale, so that outcome-only and per-action
+    rewards weigh the same against the KL penalty (a fair ablation).
   pack: put several actions in one row (needs a segment-aware model; off by default).
   max_strata: static number of task-type strata (for per-stratum whitening).
   """
@@ -92,6 +95,7 @@ class ExperienceConfig:
   reward_clip: tuple[float, float] = (-10.0, 10.0)
   reward_source: str = "process"
   outcome_key: str = "correct"
+  outcome_scale: float = 1.0
   pack: bool = False
   max_strata: int = 8
 
@@ -140,7 +144,7 @@ def _action_reward(action: Action, traj: Trajectory, cfg: ExperienceConfig):
   if cfg.reward_source == "outcome":
     if cfg.outcome_key not in traj.outcome:
       return 0.0, True
-    value = float(traj.outcome[cfg.outcome_key])
+    value = float(traj.outcome[cfg.outcome_key]) * cfg.outcome_scale
   else:
     if action.coach is None or not action.coach.is_scored or action.coach.score is None:
       return 0.0, True

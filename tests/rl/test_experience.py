@@ -81,6 +81,11 @@ def test_outcome_rewards_and_bad_input():
       token_buckets=(16,), rows_multiple=4, reward_source="outcome"))
   np.testing.assert_array_equal(batch.invalid[:4], [True, True, True, False])
   assert batch.rewards[3] == 1.0
+  # On the coach's scale (what the trainer uses), then reward_scale, like a coach score.
+  scaled, _ = build_train_batch(_trajs(), "solver", ExperienceConfig(
+      token_buckets=(16,), rows_multiple=4, reward_source="outcome", outcome_scale=10.0,
+      reward_scale=0.1))
+  assert scaled.rewards[3] == pytest.approx(1.0 * 10.0 * 0.1)
   with pytest.raises(ValueError, match="reward_source"):
     ExperienceConfig(reward_source="both")
   bad = [Trajectory("t", 0, "x", actions=[_action("a", 0, [1], [])])]
