@@ -30,6 +30,8 @@ def repo(tmp_path):
     shutil.copy(os.path.join(ROOT, name), tmp_path / name)
   (tmp_path / ".ci").mkdir()
   shutil.copy(os.path.join(ROOT, ".ci", "run"), tmp_path / ".ci" / "run")
+  (tmp_path / "launch").mkdir()  # `make run` first makes sure bubblewrap is there
+  shutil.copy(os.path.join(ROOT, "launch", "ensure_bwrap.sh"), tmp_path / "launch")
   bin_dir = tmp_path / "fakebin"
   bin_dir.mkdir()
   log = tmp_path / "calls.log"
@@ -79,12 +81,15 @@ def test_make_test_fails_when_pytest_fails_or_collects_nothing(repo):
 
 
 def test_make_run_launches_the_local_default(repo):
-  assert _make(repo, "run", "ARGS=--config.train.num_steps=1").returncode == 0
+  _script(repo / "fakebin" / "bwrap", "exit 0\n")  # present: ensure_bwrap.sh installs nothing
+  path = f"{repo / 'fakebin'}:{os.environ.get('PATH', '')}"
+  result = _make(repo, "run", "ARGS=--config.train.num_steps=1", PATH=path)
+  assert result.returncode == 0, result.stderr
   assert _calls(repo)[-1] == ("venv-python launch/run.py --config=experiments/mathchat.py "
                               "--workdir=workdir/mathchat-local --config.train.num_steps=1")
 
 
-def _ci(repo, *, have_bwrap: bool, make_rc: int = 0):
+def _ci(repo, *, have_bwrap: bool, make_rc: int = 0, have_chromium: bool = True):
   """Runs .ci/run with a PATH holding only the tools it may use."""
   bin_dir = repo / "ci-bin"
   bin_dir.mkdir(exist_ok=True)
@@ -98,10 +103,11 @@ def _ci(repo, *, have_bwrap: bool, make_rc: int = 0):
   _script(bin_dir / "make", f'echo "make $*" >> {log}\nexit {make_rc}\n')
   _script(bin_dir / "apt-get", f'echo "apt-get $*" >> {log}\n')
   _script(bin_dir / "sudo", '"$@"\n')
-  if have_bwrap:
-    _script(bin_dir / "bwrap", "exit 0\n")
-  elif (bin_dir / "bwrap").exists():
-    (bin_dir / "bwrap").unlink()
+  for tool, present in (("bwrap", have_bwrap), ("chromium", have_chromium)):
+    if present:
+      _script(bin_dir / tool, "exit 0\n")
+    elif (bin_dir / tool).exists():
+      (bin_dir / tool).unlink()
   if log.exists():
     log.unlink()
   result = subprocess.run([str(bin_dir / "bash"), ".ci/run"], cwd=repo,
@@ -120,6 +126,10 @@ def test_ci_installs_bubblewrap_when_missing_then_runs_the_tests(repo):
                    "apt-get install -y --no-install-recommends bubblewrap", "make test"]
   result, calls = _ci(repo, have_bwrap=True)
   assert result.returncode == 0 and calls == ["make test"]
+  # The headless browser of the HTML report's test is installed the same way.
+  result, calls = _ci(repo, have_bwrap=False, have_chromium=False)
+  assert result.returncode == 0 and calls[1] == (
+      "apt-get install -y --no-install-recommends bubblewrap chromium")
 
 
 def test_ci_fails_when_the_tests_fail(repo):
