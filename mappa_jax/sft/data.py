@@ -9,7 +9,7 @@ import asyncio
 import collections
 import dataclasses
 import tempfile
-from typing import Iterator, Sequence
+from typing import Sequence
 
 import numpy as np
 

@@ -166,7 +166,10 @@ def pretrain(cfg: ml_collections.ConfigDict, out_dir: str | os.PathLike) -> dict
     return _train_and_export(cfg, out_dir, tokenizer_dir, tokenizer, examples, info, t_start)
 
 
-def _train_and_export(cfg, out_dir, tokenizer_dir, tokenizer, examples, info, t_start):
+def _train_and_export(cfg: ml_collections.ConfigDict, out_dir: str | os.PathLike,
+                      tokenizer_dir: Path, tokenizer: Tokenizer,
+                      examples: list[sft_data.Example], info: dict[str, Any],
+                      t_start: float) -> dict[str, Any]:
   """Fits the decoder to `examples` and exports it with the tokenizer (see pretrain)."""
   per_agent = collections.Counter(e.agent for e in examples)
   batch_size, epochs = int(cfg.train.batch_size), int(cfg.train.epochs)
