@@ -11,18 +11,12 @@ import time
 import pytest
 
 from mappa_jax import checkpoint
+from tests.tiny_run import TINY_RUN
 
 pytestmark = pytest.mark.slow
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-_OVERRIDES = (
-    "--config.rollout.rollout_batch_size=2",
-    "--config.rollout.n_samples_per_prompt=1",
-    "--config.rollout.max_new_tokens=12",
-    "--config.rollout.min_new_tokens=2",
-    "--config.train.samples_per_optimizer_step=2",
-    "--config.train.micro_batch_size=1",
-    "--config.data.synthetic.n_train=4",
+_OVERRIDES = TINY_RUN + (
     "--config.eval.every_steps=0",
     "--config.checkpoint.every_steps=1",
 )

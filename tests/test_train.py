@@ -9,17 +9,11 @@ from tensorboard.backend.event_processing import event_accumulator
 
 from mappa_jax import config as mconfig
 from mappa_jax import train
+from tests.tiny_run import TINY_RUN
 
 pytestmark = pytest.mark.slow
 
-_OVERRIDES = (
-    "--config.rollout.rollout_batch_size=2",
-    "--config.rollout.n_samples_per_prompt=1",
-    "--config.rollout.max_new_tokens=12",
-    "--config.rollout.min_new_tokens=2",
-    "--config.train.samples_per_optimizer_step=2",
-    "--config.train.micro_batch_size=1",
-    "--config.data.synthetic.n_train=4",
+_OVERRIDES = TINY_RUN + (
     "--config.data.synthetic.n_eval=1",
     "--config.eval.n_samples_per_prompt=1",
     "--config.eval.every_steps=2",
