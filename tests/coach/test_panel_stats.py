@@ -52,8 +52,25 @@ def test_aggregation_and_disagreement():
 
 def test_panel_over_two_endpoints_and_stats(monkeypatch, tmp_path):
   monkeypatch.setenv("K", "secret")
-  with OpenAITestServer(default=answer("PROCESS_SCORE: 8\nANSWER_CORRECT: 1")) as s1, \
-       OpenAITestServer(default=answer("PROCESS_SCORE: 4\nANSWER_CORRECT: 1")) as s2:
+  # The three requests run concurrently, so which one reaches a server first is up to the
+  # scheduler: the scripted faults are keyed on the request's content, never on arrival order.
+  def prompt_of(body):
+    return "\n".join(str(m["content"]) for m in body["messages"])
+
+  def judge_a(body):  # the \boxed{42} action gets HTTP 400 (not retried: dropped from the panel)
+    if "\\boxed{42}" in prompt_of(body):
+      return status(400)
+    return answer("PROCESS_SCORE: 8\nANSWER_CORRECT: 1")
+
+  seen_41 = []
+
+  def judge_b(body):  # the first reply about \boxed{41} is unreadable: one re-ask
+    if "\\boxed{41}" in prompt_of(body) and not seen_41:
+      seen_41.append(body)
+      return answer("garbage")
+    return answer("PROCESS_SCORE: 4\nANSWER_CORRECT: 1")
+
+  with OpenAITestServer(responder=judge_a) as s1, OpenAITestServer(responder=judge_b) as s2:
     c1 = OpenAICoach(OpenAICoachConfig(base_url=s1.base_url, model="judge-a", api_key_env="K",
                                        backoff_base_s=0.01))
     c2 = OpenAICoach(OpenAICoachConfig(base_url=s2.base_url, model="judge-b", api_key_env="K",
@@ -63,8 +80,6 @@ def test_panel_over_two_endpoints_and_stats(monkeypatch, tmp_path):
     reqs = [make_request(output="\\boxed{42}", task_type="mul_div"),
             make_request(output="\\boxed{41}", task_type="add_sub"),
             make_request(role="Problem Solver", output="\\boxed{7}", task_type="add_sub")]
-    s2.push(answer("garbage"), answer("PROCESS_SCORE: 4\nANSWER_CORRECT: 1"))
-    s1.push(status(400))
 
     async def run():
       try:
