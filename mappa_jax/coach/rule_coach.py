@@ -16,6 +16,14 @@ answer is signals['answer'] or else the last `\\boxed{...}` of that text.
       of the latest tool output the agent has seen: its own, else the last <tool_response> of
       its input; no tool output seen: 0) | finished 2.
   - Verifier: the Problem Solver rubric.
+  Verifiable caps (credit assignment without the label: each catches the agent that made the
+  mistake, not the ones that relayed it):
+      a false stated calculation in the visible text (`12 + 5 - 3 = 16`; mappa_jax.tools.arith)
+      caps the rubric at 4;
+      Code Executor: a straight-line arithmetic program (assignments and prints only) that
+      computes with a number the problem does not contain (0 and 1 allowed) caps it at 3: the
+      program transcribes a different calculation. The program checked is the action's own,
+      else (a report) the one that produced the last tool output it has seen.
   When the role may see the label (default: Verifier), correctness dominates:
       score = 0.4 * rubric + 6 * correct, correct = is_equivalent(answer, label), and
       answer_correct is reported.
@@ -26,7 +34,17 @@ DSBench rubric (0-10):
       artifacts 3 (x share of signals['required_files'] not in signals['missing_files']; with
       no required files, x the code-ran share) | finished 2.
   - Analyst: code written 2 | code ran 2 | artifacts 2 | submission valid 2 | finished 2.
-  - No python code at all caps the score at 2 (text without code is a critical failure).
+  - No python code at all caps the score at 2 (text without code is a critical failure); a
+    hand-off without code while the agent's own required files are missing scores 0.
+  - Upstream blame (a missing required file is the fault of the agent whose role was to write
+    it): a missing file owned by an upstream role (workflows.dsbench.REQUIRED_FILES, or
+    signals['owned_files'] for this agent) that its owner never saved (request.upstream_files)
+    is excused: it is left out of the artifacts share, and a run that failed on it
+    (FileNotFoundError / No such file naming it) counts as ran. An agent that hit such a file
+    (in this action's tool output or an earlier turn's) is blocked: its own missing outputs
+    and an invalid submission are excused too, and instead of the quality cap its score is
+    capped at 9 (10 needs a verified outcome). A file its owner saved and that is gone now is
+    not excused (someone deleted it).
   - When the Analyst may see the outcome and signals carry metric_value, the reference's caps
     apply: a higher-is-better metric in [0, 1] (AUC, accuracy, F1): >= .85 -> 9, >= .75 -> 8,
     >= .65 -> 6, >= .55 -> 4, else 3; otherwise, with baseline_value, the ratio to the baseline
@@ -42,6 +60,7 @@ import re
 from mappa_jax.coach import requests as rq
 from mappa_jax.coach import rubrics
 from mappa_jax.coach.types import CoachRequest, CoachResult
+from mappa_jax.tools import arith
 from mappa_jax.tools import code_blocks
 
 log = logging.getLogger(__name__)
@@ -142,6 +161,55 @@ def _last_number(text: str) -> str | None:
   return found[-1] if found else None
 
 
+_PY_BLOCK = re.compile(r"```python[ \t]*\r?\n(.*?)```", re.S)
+
+
+def _prose(text: str) -> str:
+  """Visible text without its code blocks (code is not a stated calculation)."""
+  return _PY_BLOCK.sub("\n", text)
+
+
+def _checked_programs(request: CoachRequest) -> tuple[list[str], str]:
+  """The programs a Code Executor verdict answers for: the action's own, else (a report) the
+  program that produced the last tool output in its input; with where they come from."""
+  own = list(code_blocks.parse_action(request.agent_output).codes)
+  if own:
+    return own, "its program"
+  text = request.agent_input or ""
+  end = text.rfind("<tool_response>")
+  found = _PY_BLOCK.findall(text[:end]) if end >= 0 else []
+  return found[-1:], "the program whose output it reports"
+
+
+def _owned_files(role: str, signals: dict) -> tuple[str, ...]:
+  if "owned_files" in signals:
+    return tuple(signals["owned_files"])
+  from mappa_jax.workflows import dsbench  # lazy: the workflow imports the coach
+  return tuple(dsbench.REQUIRED_FILES.get(role, ()))
+
+
+def _owner_of(name: str) -> str | None:
+  from mappa_jax.workflows import dsbench  # pylint: disable=g-import-not-at-top
+  return next((r for r, files in dsbench.REQUIRED_FILES.items() if name in files), None)
+
+
+_WORKSPACE_NOTE = "[Workspace check after this action]"
+
+
+def _not_found(text: str, name: str) -> bool:
+  """True when `text` shows a failed attempt to open `name`."""
+  return re.search(r"(?:FileNotFoundError|No such file or directory)[^\n]*"
+                   + re.escape(name), text or "") is not None
+
+
+def _failed_runs_on(observation: str, names: list[str]) -> int:
+  """Runs of this action's tool output that failed opening one of `names` (a run with output
+  and a traceback is formatted without an '[Execution ...]' header: the traceback counts)."""
+  observation = (observation or "").split(_WORKSPACE_NOTE)[0]
+  return sum(1 for run in observation.split("\n------\n")
+             if any(_not_found(run, n) for n in names))
+
+
 class RuleCoach:
   """Deterministic rubric coach (see the module docstring for the rubric)."""
 
@@ -222,6 +290,25 @@ class RuleCoach:
                 else f"inconsistent or missing: {len(distinct)} distinct boxed answers")
     sheet.add(0.0 if truncated else 2.0, 2,
               "cut off at the length limit" if truncated else "finished within the length limit")
+    caps = []
+    wrong = arith.false_equations(_prose(text))
+    if wrong:
+      e = wrong[0]
+      caps.append((4.0, f"a stated calculation is false: {e.lhs} = {e.rhs} (it is "
+                        f"{arith.format_number(e.value)})"))
+    if is_executor:
+      programs, where = _checked_programs(request)
+      foreign = sorted({v for code in programs
+                        for v in (arith.foreign_operands(code, request.task) or ())})
+      if foreign:
+        caps.append((3.0, f"{where} computes with number(s) the problem does not contain: "
+                          + ", ".join(arith.format_number(v) for v in foreign)))
+    for cap, why in caps:
+      if sheet.total > cap:
+        sheet.lines.append(f"cap {cap:g}: {why}")
+        sheet.total = cap
+      else:
+        sheet.lines.append(f"cap {cap:g} not binding: {why}")
     if not rq.ground_truth_visible(request, self.ground_truth_roles):
       return sheet.total, None, sheet
     correct = bool(grading.is_equivalent(answer, request.ground_truth))
@@ -238,33 +325,64 @@ class RuleCoach:
     sig = request.signals
     is_analyst = role == "analyst"
     sheet = _Sheet()
+    required = list(sig.get("required_files", []))
+    missing = set(sig.get("missing_files", []))
+    own = set(_owned_files(role, sig))
+    saved_by = {rq.normalize_role(a): set(files) for a, files in request.upstream_files}
+    # Upstream blame: a required file another role had to write and never saved.
+    excused = sorted(f for f in missing & set(required) if f not in own
+                     and (owner := _owner_of(f)) is not None and owner != role
+                     and f not in saved_by.get(owner, set()))
+    blocked = any(_not_found(request.tool_observation.split(_WORKSPACE_NOTE)[0], f)
+                  or _not_found(request.agent_input, f) for f in excused)
+    if excused:
+      sheet.lines.append(f"upstream: {', '.join(excused)} missing, never saved by its owner "
+                         f"({', '.join(sorted({_owner_of(f) for f in excused}))}): not this "
+                         "agent's fault" + ("; this agent was blocked by it" if blocked else ""))
     blocks = int(sig.get("code_blocks", 0))
     sheet.add(2.0 if blocks > 0 else 0.0, 2, f"code written: {blocks} python block(s)")
     share, why = _ran_share(sig)
+    failed_upstream = min(_failed_runs_on(request.tool_observation, excused),
+                          int(sig.get("tool_errors", 0)))
+    if blocks > 0 and failed_upstream:
+      bad = int(sig.get("tool_errors", 0)) + int(sig.get("tool_timeouts", 0)) - failed_upstream
+      share = max(0, blocks - bad) / blocks
+      why += f" ({failed_upstream} failed on a missing upstream file: counted as ran)"
     w_ran, w_files = (2.0, 2.0) if is_analyst else (3.0, 3.0)
     sheet.add(w_ran * share, w_ran, f"code ran: {why}")
-    required = list(sig.get("required_files", []))
-    missing = set(sig.get("missing_files", []))
-    if required:
-      saved = [f for f in required if f not in missing]
-      sheet.add(w_files * len(saved) / len(required), w_files,
-                f"artifacts: {len(saved)} of {len(required)} saved"
-                + (f" (missing {sorted(missing & set(required))})" if len(saved) < len(required)
-                   else ""))
+    counted = [f for f in required if f not in excused]
+    lost = sorted(f for f in counted if f in missing and not (blocked and f in own))
+    if counted:
+      sheet.add(w_files * (len(counted) - len(lost)) / len(counted), w_files,
+                f"artifacts: {len(counted) - len(lost)} of {len(counted)} saved"
+                + (f" (missing {lost})" if lost else "")
+                + (" (own outputs excused: blocked)" if blocked and own & missing else ""))
     else:
       sheet.add(w_files * share, w_files, "artifacts: none required, credited as code ran")
     if is_analyst:
       valid = bool(sig.get("submission_valid", False))
-      sheet.add(2.0 if valid else 0.0, 2,
-                "submission valid" if valid else "no valid submission")
+      sheet.add(2.0 if valid or blocked else 0.0, 2,
+                "submission valid" if valid else
+                "no valid submission: blocked by upstream (excused)" if blocked else
+                "no valid submission")
     truncated = bool(sig.get("truncated", False))
     sheet.add(0.0 if truncated else 2.0, 2,
               "cut off at the length limit" if truncated else "finished within the length limit")
     score = sheet.total
-    if blocks <= 0 and score > 2.0:
+    own_lost = sorted(f for f in lost if f in own)
+    if blocks <= 0 and own_lost:
+      sheet.lines.append(f"cap 0: hands over without code while its own required file(s) "
+                         f"{own_lost} are missing")
+      score = 0.0
+    elif blocks <= 0 and score > 2.0:
       sheet.lines.append("cap 2: no executable python code")
       score = 2.0
-    if is_analyst and rq.ground_truth_visible(request, self.ground_truth_roles):
+    if is_analyst and blocked:
+      if score > 9.0:
+        sheet.lines.append("cap 9: blocked by upstream, the outcome is not judged (10 needs a "
+                           "verified outcome)")
+        score = 9.0
+    elif is_analyst and rq.ground_truth_visible(request, self.ground_truth_roles):
       cap, why = _quality_cap(sig)
       if cap is not None and score > cap:
         sheet.lines.append(f"cap {cap:g}: {why}")
