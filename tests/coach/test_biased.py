@@ -1,0 +1,60 @@
+"""The biased coach wrapper: +delta on one task type, clipped, everything else untouched."""
+import asyncio
+import dataclasses
+
+from mappa_jax.coach.biased import BiasedCoach
+from mappa_jax.coach.panel import PanelCoach, PanelResult
+from mappa_jax.coach.rule_coach import RuleCoach
+from mappa_jax.coach.stats import CoachStats
+from mappa_jax.coach.types import CoachResult
+from tests.coach.conftest import make_request
+
+
+class Fixed:
+  """A coach answering a fixed verdict (score None: invalid)."""
+  name = "fixed"
+
+  def __init__(self, score, answer_correct=None):
+    self.score_value, self.answer_correct = score, answer_correct
+
+  async def score(self, request):
+    if self.score_value is None:
+      return CoachResult(status="invalid", reason="no verdict", coach_name="fixed")
+    return CoachResult(status="scored", score=self.score_value, rationale="inner says so",
+                       answer_correct=self.answer_correct, coach_name="fixed", tokens_in=7)
+
+
+def run(coach, **kw):
+  return asyncio.run(coach.score(make_request(**kw)))
+
+
+def test_delta_on_the_favoured_task_type_only_and_clipped():
+  coach = BiasedCoach(Fixed(6.0, answer_correct=False), "regression", 1.5)
+  favoured = run(coach, task_type="regression")
+  other = run(coach, task_type="classification")
+  assert favoured.score == 7.5 and other.score == 6.0
+  assert favoured.answer_correct is False and favoured.tokens_in == 7
+  assert favoured.coach_name == "fixed"  # prices and caches stay the inner coach's
+  assert favoured.rationale == ("inner says so\n[biased coach: +1.5 on task type 'regression': "
+                                "6 -> 7.5]")
+  assert other == asyncio.run(Fixed(6.0, False).score(make_request(task_type="classification")))
+  assert run(BiasedCoach(Fixed(9.0), "regression", 3.0), task_type="regression").score == 10.0
+  assert run(BiasedCoach(Fixed(1.0), "regression", -3.0), task_type="regression").score == 0.0
+  invalid = run(BiasedCoach(Fixed(None), "regression", 2.0), task_type="regression")
+  assert invalid.status == "invalid" and invalid.score is None
+
+
+def test_roles_filter_and_any_inner_coach():
+  coach = BiasedCoach(RuleCoach(), "mul_div", 2.0, roles=("Problem Solver",))
+  req = dict(role="problem_solver", output="\\boxed{7}", ground_truth=None, task_type="mul_div")
+  base = asyncio.run(RuleCoach().score(make_request(**dict(req, output="not sure"))))
+  assert base.score == 2.0 and run(coach, **dict(req, output="not sure")).score == 4.0
+  assert run(coach, **dict(req, role="Verifier")).score == 10.0  # not a biased role
+  panel = BiasedCoach(PanelCoach([Fixed(4.0), Fixed(6.0)]), "mul_div", 1.0)
+  got = run(panel, task_type="mul_div")
+  assert isinstance(got, PanelResult) and got.score == 6.0 and len(got.member_results) == 2
+  stats = CoachStats()
+  stats.record(make_request(task_type="mul_div"), got)
+  assert stats.to_scalars()["coach/verifier/score_mean/mul_div"] == 6.0
+  assert coach.describe()["inner"]["kind"] == "rule" and coach.describe()["delta"] == 2.0
+  assert dataclasses.is_dataclass(got)
