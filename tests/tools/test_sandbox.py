@@ -40,18 +40,38 @@ def run(box, code, ws, **lim):
   return box.run_sync(textwrap.dedent(code), ws, limits=FAST.replace(**lim) if lim else None)
 
 
-def sandbox_processes(grace_s: float = 5.0) -> list:
-  """Host processes still running a sandboxed script (none may survive a run).
+def sandbox_processes(ws: Workspace, grace_s: float = 5.0) -> list:
+  """Host processes still running a script sandboxed over `ws` (none may survive a run).
 
-  SIGKILLed processes take a moment to leave /proc on a loaded machine: poll for grace_s.
+  Only this test's runs count: other programs on the machine (another test session, a
+  benchmark) may be running sandboxes of their own at the same time. A process is this run's
+  when `ws` is in its command line (bwrap's own argv binds it), its working directory (the
+  process backend) or its mount table (everything inside bwrap's namespaces sees `ws` mounted
+  at /sandbox, however it daemonised). SIGKILLed processes take a moment to leave /proc on a
+  loaded machine: poll for grace_s.
   """
   deadline = time.monotonic() + grace_s
-  while (alive := _sandbox_processes()) and time.monotonic() < deadline:
+  while (alive := _sandbox_processes(ws)) and time.monotonic() < deadline:
     time.sleep(0.1)
   return alive
 
 
-def _sandbox_processes() -> list:
+def _mentions(pid_dir: Path, marker: bytes) -> bool:
+  try:
+    if marker in os.readlink(pid_dir / "cwd").encode():
+      return True
+  except OSError:
+    pass
+  try:
+    return marker in (pid_dir / "mountinfo").read_bytes()
+  except OSError:
+    return False
+
+
+def _sandbox_processes(ws: Workspace) -> list:
+  # The mount table names a bind source relative to its filesystem's root (/tmp may be a
+  # tmpfs), so match on the workspace's last three components, unique per pytest session.
+  marker = "/".join(Path(ws.path).resolve().parts[-3:]).encode()
   pids = []
   for d in Path("/proc").iterdir():
     if d.name.isdigit():
@@ -59,7 +79,9 @@ def _sandbox_processes() -> list:
         cmd = (d / "cmdline").read_bytes()
       except OSError:
         continue
-      if b"/sandbox/main.py" in cmd or b"mappa_sandbox_" in cmd:
+      if not (b"/sandbox/main.py" in cmd or b"mappa_sandbox_" in cmd):
+        continue
+      if marker in cmd or _mentions(d, marker):
         pids.append((int(d.name), cmd.replace(b"\0", b" ")[:200]))
   return pids
 
@@ -201,7 +223,7 @@ def test_fork_bomb_is_capped_by_pids_cgroup(box, ws):
       """, ws, max_processes=24)
   ok, failed = map(int, r.stdout.split())
   assert ok < 24 and failed > 0
-  assert sandbox_processes() == []
+  assert sandbox_processes(ws) == []
 
 
 def test_memory_bomb(box, ws):
@@ -214,7 +236,7 @@ def test_timeout_kills_cpu_loops_and_sleepers(box, ws, code):
   r = run(box, code, ws, timeout_s=1.0)
   assert r.timed_out and r.limit == "timeout" and r.exit_code != 0
   assert r.duration_s < 30  # killed, not waited for
-  assert sandbox_processes() == []
+  assert sandbox_processes(ws) == []
 
 
 DAEMON = """
@@ -231,13 +253,32 @@ DAEMON = """
 
 
 @pytest.mark.parametrize("backend", ["bwrap", "process"])
+def test_leak_detector_sees_a_live_run_and_only_its_own(box, ws, tmp_path, backend):
+  """The check the tests above rely on can fail: a running script is found, by its workspace."""
+  import threading
+  b = box if backend == "bwrap" else sbx.Sandbox("process", FAST, allow_unisolated=True)
+  other = Workspace(tmp_path / "other")
+  done = threading.Thread(target=run, args=(b, "import time\ntime.sleep(4)", ws))
+  done.start()
+  try:
+    deadline = time.monotonic() + 10
+    while not (seen := _sandbox_processes(ws)) and time.monotonic() < deadline:
+      time.sleep(0.05)
+    assert seen, "a live sandboxed script was not found"
+    assert _sandbox_processes(other) == []
+  finally:
+    done.join()
+  assert sandbox_processes(ws) == []
+
+
+@pytest.mark.parametrize("backend", ["bwrap", "process"])
 def test_daemonized_child_dies_with_the_run(box, ws, backend):
   b = box if backend == "bwrap" else sbx.Sandbox("process", FAST, allow_unisolated=True)
   r = run(b, DAEMON, ws)
   assert "parent exits" in r.stdout
   time.sleep(2.5)
   assert not (ws.path / "daemon_was_alive.txt").exists()
-  assert sandbox_processes() == []
+  assert sandbox_processes(ws) == []
 
 
 def test_gigabytes_of_output_are_capped(box, ws):
@@ -355,4 +396,4 @@ def test_memory_cgroup_caps_the_whole_process_tree(box, ws):
   killed = r.stdout.split()
   # Either the cgroup OOM-killed children (reported) or the whole tree (no report at all).
   assert (killed and int(killed[0]) >= 2) or r.exit_code != 0, r.stdout + r.stderr
-  assert sandbox_processes() == []
+  assert sandbox_processes(ws) == []
