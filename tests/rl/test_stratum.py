@@ -6,10 +6,19 @@ import numpy as np
 import pytest
 
 from mappa_jax.coach.types import CoachResult
-from mappa_jax.rl.experience import ExperienceConfig, build_train_batch
+from mappa_jax.rl.experience import build_train_batch
 from mappa_jax.rl.stratum import recentre_batch, recentre_per_stratum
 from mappa_jax.rl.update import UpdateConfig, advantages
 from mappa_jax.workflows.records import Action, Trajectory
+
+try:  # the batch layout before the typed config sections (issue 16) ...
+  from mappa_jax.rl.experience import ExperienceConfig
+
+  def layout():
+    return ExperienceConfig(token_buckets=(8,), rows_multiple=8)
+except ImportError:  # ... and after, where UpdateConfig holds it
+  def layout():
+    return UpdateConfig(token_budget_buckets=(8,), samples_per_optimizer_step=8)
 
 # (task type, coach score, response length): 7 actions of one agent over 3 strata.
 ACTIONS = [("add_sub", 6.0, 3), ("add_sub", 9.0, 1), ("add_sub", 3.0, 2), ("mixed", 2.0, 4),
@@ -24,8 +33,7 @@ def batch_of(actions, bias=None):
         agent="a", turn=0, prompt_ids=[1, 2], response_ids=list(range(3, 3 + n)),
         rollout_logprobs=[-1.0] * n, finish_reason="stop",
         coach=CoachResult(status="scored", score=score))]))
-  batch, stats = build_train_batch(trajs, "a", ExperienceConfig(token_buckets=(8,),
-                                                                rows_multiple=8))
+  batch, stats = build_train_batch(trajs, "a", layout())
   return batch, stats
 
 
