@@ -125,6 +125,10 @@ def _lhs_before(text: str, eq: int) -> str | None:
   # plain arithmetic, and reading only their tail would call a true statement false.
   if start > 0 and (text[start - 1].isalnum() or text[start - 1] in "_,.}^%$\\'\""):
     return None
+  if start < eq and text[start] == "-":  # `x - 3 + 2`: a minus after an operand is binary
+    before = text[:start].rstrip(" \t")
+    if before and (before[-1].isalnum() or before[-1] in "_)]}"):
+      return None
   run = run.strip()
   while run.startswith(")"):
     run = run[1:].lstrip()

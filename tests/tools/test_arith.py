@@ -18,10 +18,14 @@ def test_what_is_not_a_stated_calculation_is_left_alone():
   # tail of them would call a true statement false.
   for text in ("n = 12", "x = 5 + 2", "a == 3 + 4", "n += 5", "2^3 + 1 = 9", "1,000 + 5 = 1005",
                "\\frac{1}{2} + 3 = 3.5", "7 * 2 = 14 + 0", "2 + 2 = 45x", "x1 + 2 = 3",
-               "1/3 = 0.3"):
+               "1/3 = 0.3", "x - 3 + 2 = 14", "f(x) - 1 + 1 = 7", "so -3 + 5 = 2"):
     eqs = arith.stated_equations(text)
     assert all(e.holds for e in eqs), (text, eqs)
   assert not arith.stated_equations("x = 5 + 2") and not arith.stated_equations("2^3 + 1 = 9")
+  assert not arith.stated_equations("x - 3 + 2 = 14")  # the left operand is not a number
+  # A minus after a word may be either; after punctuation it is a sign.
+  assert not arith.stated_equations("so -3 + 5 = 2")
+  assert [e.lhs for e in arith.stated_equations("so: -3 + 5 = 2")] == ["-3 + 5"]
   # A decimal result holds at its shown precision: 1/3 = 0.3 is a correct rounding, 0.4 is not.
   assert [e.holds for e in arith.stated_equations("1/3 = 0.3 and 1/3 = 0.4")] == [True, False]
   assert arith.eval_arith("1/0") is None and arith.eval_arith("2 ** 3") is None
