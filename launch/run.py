@@ -13,12 +13,15 @@ import sys
 from absl import app
 from absl import flags
 from absl import logging
+import jax
 from ml_collections import config_flags
 
 from mappa_jax import config as mconfig
 from mappa_jax import distributed
 from mappa_jax import metrics
 from mappa_jax import progress
+from mappa_jax import train
+from mappa_jax.tools.isolation import SandboxUnavailable
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Experiment config file, optionally with a preset: path.py[:preset].",
@@ -64,8 +67,7 @@ def main(argv: list[str]) -> int:
   except mconfig.ConfigError as e:
     print(f"FATAL: {e}", file=sys.stderr)
     return 1
-  distributed.initialize()
-  import jax  # pylint: disable=g-import-not-at-top  (after jax.distributed.initialize)
+  distributed.initialize()  # before anything queries devices (importing jax does not)
   info = distributed.process_info()
   logging.info("Process %d/%d on %s: %d local / %d global %s devices (%s), jax %s",
                info["process_index"], info["process_count"], info["host"],
@@ -79,8 +81,6 @@ def main(argv: list[str]) -> int:
   if _SETUP_ONLY.value:
     logging.info("--setup_only: config valid, workdir %s ready; not training.", workdir)
     return 0
-  from mappa_jax import train  # pylint: disable=g-import-not-at-top  (after initialize)
-  from mappa_jax.tools.isolation import SandboxUnavailable  # pylint: disable=g-import-not-at-top
   try:
     train.run(config, workdir)
   except SandboxUnavailable as e:  # fail closed, stated plainly (how to fix it is in e)

@@ -19,11 +19,13 @@ import hashlib
 import logging
 import os
 import sys
-from typing import Any, Mapping, Sequence
+from typing import Any, Literal, Mapping, Sequence
 
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
+
+from mappa_jax.schema import Section, field
 
 try:  # preservation policies (keep last N *and* best) arrived in orbax-checkpoint 0.11.10
   from orbax.checkpoint import checkpoint_managers
@@ -34,6 +36,26 @@ except ImportError:
 
 _LOG = logging.getLogger(__name__)
 _FORMAT_VERSION = 1
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class CheckpointConfig(Section):
+  """The `checkpoint` section: when to save and what to keep."""
+  every_steps: int = field(32, "REF save interval in global steps (0 = never; the last step "
+                           "is always saved)", check=lambda v: v >= 0,
+                           fix="Use >= 0 (0 = never).")
+  keep_last: int = field(10, "REF most recent checkpoints kept", check=lambda v: v > 0,
+                         fix="Use >= 1.")
+  keep_best_metric: str = field("eval/reward", "also keep the best checkpoint by this logged "
+                                "metric ('' = off)")
+  best_mode: Literal["max", "min"] = field("max", "whether keep_best_metric is better high or low")
+  async_save: bool = field(True, "write in the background while training continues")
+
+  def problems(self) -> list[tuple[str, str]]:
+    if self.keep_best_metric and self.every_steps == 0:
+      return [("keep_best_metric", f"= {self.keep_best_metric!r} but checkpoint.every_steps=0 "
+               "(no checkpoints); set every_steps > 0 or keep_best_metric=''")]
+    return []
 
 
 @dataclasses.dataclass
@@ -113,8 +135,8 @@ class CheckpointManager:
     self._manager = ocp.CheckpointManager(self.directory, options=options)
 
   @classmethod
-  def from_config(cls, cfg, workdir: str) -> "CheckpointManager":
-    """From the `checkpoint` config section; checkpoints go to <workdir>/checkpoints."""
+  def from_config(cls, cfg: CheckpointConfig, workdir: str) -> "CheckpointManager":
+    """From the `checkpoint` section; checkpoints go to <workdir>/checkpoints."""
     return cls(os.path.join(workdir, "checkpoints"), keep_last=cfg.keep_last,
                keep_best_metric=cfg.keep_best_metric, best_mode=cfg.best_mode,
                async_save=cfg.async_save, every_steps=cfg.every_steps)

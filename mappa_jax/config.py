@@ -1,13 +1,22 @@
-"""Experiment configs: loading (`path.py:preset` + overrides), validation, and saving.
+"""Experiment configs: the schema (`Experiment`), loading (`path.py:preset` + overrides),
+validation and saving.
 
-Configs are `ml_collections.ConfigDict`s built by `experiments/<workflow>.py:get_config(arg)`
-and locked, so unknown keys fail at override time. `validate` checks everything else before
-anything runs: types, ranges, allowed values, required paths and contradictory options. It
-reports every problem at once, each naming the field and the fix.
+An experiment is one frozen dataclass per config section (each next to the code it configures:
+`RLConfig` in rl/config.py, `SandboxConfig` in tools/sandbox.py, ...); their fields are the
+config's fields, with their defaults and one-line docs. `default_config(workflow)` generates
+the ConfigDict an experiment file (`experiments/<workflow>.py:get_config(arg)`) starts from:
+the file only sets values, and returns it locked, so an unknown key fails at override time
+with its close matches. `experiment(config)` reads a ConfigDict back into the typed sections;
+that construction is the validation (types, ranges, allowed values, each section's own rules),
+followed by the few rules between sections (`Experiment.problems`). Every problem is reported
+at once, each naming the field and the fix.
 
-Every field of a valid config is checked here; a field the validator does not know is an
-error too (a typo in a hand-written config file must not be silently ignored), so a new
-config field needs one line in `_check` below.
+Defaults are the reference's values (mappa-reference.md §3.1) where they need nothing that is
+not here; where the reference needs a checkpoint, an endpoint or data files, the default is the
+offline stand-in (tiny model, rule coach, synthetic tasks) and the `paper` presets name the
+real ones. A new option is one field in its section's dataclass.
+
+    python -m mappa_jax.config experiments/mathchat.py:paper [field=value ...]
 """
 from __future__ import annotations
 
@@ -17,26 +26,160 @@ import json
 import os
 import pprint
 import re
-from typing import Any, Callable, Iterable, Sequence
+import sys
+from typing import Any, Iterable, Mapping, Sequence
 
+from absl import flags
 import ml_collections
+from ml_collections import config_flags
 
-# Agents of each workflow, in execution order (ConfigDict iterates keys sorted).
-WORKFLOW_AGENTS: dict[str, tuple[str, ...]] = {
-    "mathchat": ("problem_solver", "code_executor", "verifier"),
-    "dsbench": ("data_engineer", "modeler", "analyst"),
-}
-TOOLS = ("python",)
+from mappa_jax import workflows
+from mappa_jax.checkpoint import CheckpointConfig
+from mappa_jax.coach.config import CoachConfig
+from mappa_jax.data.config import DataConfig
+from mappa_jax.eval.runner import EvalConfig
+from mappa_jax.metrics import LoggingConfig
+from mappa_jax.rl.config import RLConfig, TrainConfig
+from mappa_jax.rl.team import BaseModelConfig
+from mappa_jax.rollout.config import RolloutConfig
+from mappa_jax.schema import ConfigError, Section, field, from_configdict, to_configdict
+from mappa_jax.schema import walk_docs
+from mappa_jax.sharding import MeshConfig
+from mappa_jax.tools.sandbox import SandboxConfig
+from mappa_jax.workflows.base import AgentConfig
+
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._=,+-]*$")
 
 
-class ConfigError(ValueError):
-  """An invalid experiment config; the message names each bad field and its fix."""
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class Experiment(Section):
+  """A whole experiment: run identity plus one typed section per part of the system."""
+  name: str = field("run", "run name: TensorBoard run directory <workdir>/tensorboard/<name>",
+                    check=lambda v: bool(_NAME_RE.match(v)),
+                    fix="Use letters, digits and . _ - = , + (it names the TensorBoard run "
+                    "directory).")
+  seed: int = field(42, "REF global seed", check=lambda v: v >= 0, fix="Use an integer >= 0.")
+  workflow: str = field("mathchat", "which workflow drives the agents (mappa_jax.workflows)",
+                        check=lambda v: v in workflows.names(),
+                        fix=f"Allowed: {', '.join(repr(n) for n in workflows.names())}.")
+  preset: str = field("", "the preset this config was built from (informational)")
+  model: BaseModelConfig = field(BaseModelConfig(), "the base checkpoint")
+  mesh: MeshConfig = field(MeshConfig(), "the device mesh")
+  agents: dict[str, AgentConfig] = field({}, "the team, one section per agent")
+  rollout: RolloutConfig = field(RolloutConfig(), "sampling and rollout sizes")
+  coach: CoachConfig = field(CoachConfig(), "the coach scoring every action")
+  rl: RLConfig = field(RLConfig(), "the RL objective")
+  train: TrainConfig = field(TrainConfig(), "optimizer, batching and run length")
+  data: DataConfig = field(DataConfig(), "training and eval tasks (the workflow's section)")
+  sandbox: SandboxConfig = field(SandboxConfig(), "where model-written code runs")
+  eval: EvalConfig = field(EvalConfig(), "evaluations during training")
+  checkpoint: CheckpointConfig = field(CheckpointConfig(), "checkpoints")
+  logging: LoggingConfig = field(LoggingConfig(), "TensorBoard logging")
+
+  @classmethod
+  def field_types(cls, node: Mapping[str, Any]) -> dict[str, Any]:
+    """The `data` section is the workflow's own (Workflow.DATA)."""
+    types = super().field_types(node)
+    if node.get("workflow") in workflows.names():
+      types["data"] = workflows.get(node["workflow"]).DATA
+    return types
+
+  @property
+  def workflow_class(self) -> type:
+    return workflows.get(self.workflow)
+
+  @property
+  def agent_names(self) -> tuple[str, ...]:
+    """The agents in workflow execution order."""
+    return tuple(self.workflow_class.AGENTS)
+
+  @staticmethod
+  def team_problem(workflow: Any, agents: tuple[str, ...]) -> tuple[str, str] | None:
+    """('agents', why) unless `agents` are exactly the workflow's."""
+    if workflow not in workflows.names():
+      return None
+    names = tuple(workflows.get(workflow).AGENTS)
+    if set(agents) == set(names):
+      return None
+    return ("agents", f"workflow {workflow!r} needs exactly the agents {list(names)}; got "
+            f"{sorted(agents)}. Rename or remove agents (or change `workflow`).")
+
+  def problems(self) -> list[tuple[str, str]]:
+    """The rules between sections."""
+    found: list[tuple[str, str]] = []
+    names = self.agent_names
+    team = self.team_problem(self.workflow, tuple(self.agents))
+    if team:
+      found.append(team)
+    else:
+      for position, agent in enumerate(names):
+        upstream = names[:position]
+        if not set(self.agents[agent].sees) <= set(upstream):
+          found.append((f"agents.{agent}.sees", f"{self.agents[agent].sees!r} is invalid. An "
+                        f"agent can only see earlier agents: {list(upstream) or 'none'}."))
+    if set(self.rollout.sglang_urls) != set(names):
+      found.append(("rollout.sglang_urls", f"needs one entry per agent {list(names)}; got "
+                    f"{sorted(self.rollout.sglang_urls)}"))
+    estimator, n_samples = self.rl.advantage_estimator, self.rollout.n_samples_per_prompt
+    if estimator in ("grpo", "reinforce_pp_baseline") and n_samples < 2:
+      found.append(("rl.advantage_estimator", f"{estimator!r} needs a group baseline, i.e. "
+                    "rollout.n_samples_per_prompt >= 2; raise it or use 'reinforce_pp'"))
+    longest = self.rollout.prompt_max_len + self.rollout.max_new_tokens
+    if self.train.token_budget_buckets[-1] < longest:
+      found.append(("train.token_budget_buckets", f"the largest bucket "
+                    f"({self.train.token_budget_buckets[-1]}) cannot hold rollout.prompt_max_len"
+                    f" + rollout.max_new_tokens ({longest}); add a bucket >= {longest}"))
+    available = self.data.eval_set_names(self.workflow_class.SYNTHETIC_SET)
+    if not set(self.eval.sets) <= set(available):
+      found.append(("eval.sets", f"{self.eval.sets!r} is invalid. Eval sets must be among "
+                    f"{list(available)} (stems of data.eval_files, or the synthetic set); () "
+                    "means all."))
+    best, ckpt_every, eval_every = (self.checkpoint.keep_best_metric,
+                                    self.checkpoint.every_steps, self.eval.every_steps)
+    if best.startswith("eval/") and ckpt_every and (eval_every == 0 or ckpt_every % eval_every):
+      found.append(("checkpoint.keep_best_metric", f"= {best!r} is measured every "
+                    f"eval.every_steps={eval_every} steps, which never coincides with "
+                    f"checkpoint.every_steps={ckpt_every}; make checkpoint.every_steps a "
+                    "multiple of eval.every_steps"))
+    return found
+
+
+def default_config(workflow: str) -> ml_collections.ConfigDict:
+  """The (unlocked) ConfigDict of `workflow` with every field at its default: the starting
+  point of an experiment file."""
+  cls = workflows.get(workflow)
+  return to_configdict(Experiment(
+      workflow=workflow, agents=dict(cls.AGENTS), data=cls.DATA(),
+      rollout=RolloutConfig(sglang_urls={a: () for a in cls.AGENTS})))
+
+
+def experiment(config: ml_collections.ConfigDict) -> Experiment:
+  """The typed sections of a config, checked.
+
+  Raises:
+    ConfigError: listing every problem, one line each: `field: problem. fix`.
+  """
+  _ensure_loaded(config)
+  try:
+    return from_configdict(Experiment, config)
+  except ConfigError as e:
+    # The team is checked even when other sections fail: the wrong workflow for these agents
+    # is the one problem that explains the others.
+    team = Experiment.team_problem(config.get("workflow"), tuple(config.get("agents", {})))
+    if team and team not in e.problems:
+      raise ConfigError([team] + e.problems) from None
+    raise
+
+
+def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """Checks a config before anything runs; returns it unchanged (see `experiment`)."""
+  experiment(config)
+  return config
 
 
 def agent_names(config: ml_collections.ConfigDict) -> tuple[str, ...]:
-  """The config's agents in workflow execution order."""
-  return WORKFLOW_AGENTS[config.workflow]
+  """The config's agents in workflow execution order (ConfigDict iterates keys sorted)."""
+  return tuple(workflows.get(config.workflow).AGENTS)
 
 
 # ----------------------------------------------------------------------------- loading
@@ -57,9 +200,6 @@ def load_config(spec: str, overrides: Sequence[str] = ()) -> ml_collections.Conf
   Raises:
     ConfigError: unknown preset, unknown field, or a value of the wrong type.
   """
-  from absl import flags  # pylint: disable=g-import-not-at-top
-  from ml_collections import config_flags  # pylint: disable=g-import-not-at-top
-
   argv = ["load_config", f"--config={spec}"]
   argv += [o if o.startswith("--") else f"--config.{o}" for o in overrides]
   flag_values = flags.FlagValues()
@@ -87,11 +227,7 @@ def _ensure_loaded(config: Any) -> None:
 
 def _override_args(argv: Iterable[str]) -> list[tuple[str, str]]:
   """('train.lr', '--config.train.lr=1') for each `--config.<path>[=value]` argument."""
-  out = []
-  for arg in argv:
-    if arg.startswith("--config."):
-      out.append((arg[len("--config."):].split("=", 1)[0], arg))
-  return out
+  return [(a[len("--config."):].split("=", 1)[0], a) for a in argv if a.startswith("--config.")]
 
 
 def unknown_field_message(config: ml_collections.ConfigDict, path: str) -> str | None:
@@ -106,7 +242,7 @@ def unknown_field_message(config: ml_collections.ConfigDict, path: str) -> str |
       hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
       return (f"unknown config field {path!r}: {part!r} is not a field of {where} "
               f"(fields: {', '.join(sorted(keys)) or 'none'}).{hint} Configs are locked: "
-              "fix the name, or add the field to the experiment file.")
+              "fix the name, or add the field to its section's dataclass.")
     walked.append(part)
     node = node[part]
   return None
@@ -134,375 +270,6 @@ def explain_parse_error(error: BaseException, argv: Sequence[str]) -> str:
   if isinstance(error, (AttributeError, KeyError)) and overrides:
     message = f"unknown config field in {[a for _, a in overrides]}: {message}"
   return message
-
-
-# -------------------------------------------------------------------------- validation
-
-
-class _Checker:
-  """Collects problems; each check marks its field as known."""
-
-  def __init__(self, config: ml_collections.ConfigDict):
-    self.config = config
-    self.errors: list[str] = []
-    self.known: set[str] = set()
-
-  def has(self, path: str) -> bool:
-    node: Any = self.config
-    for part in path.split("."):
-      if not isinstance(node, ml_collections.ConfigDict) or part not in node:
-        return False
-      node = node[part]
-    return True
-
-  def get(self, path: str) -> Any:
-    node: Any = self.config
-    for part in path.split("."):
-      node = node[part]
-    return node
-
-  def error(self, path: str, message: str) -> None:
-    self.errors.append(f"{path}: {message}")
-
-  def field(self, path: str, kind: str, predicate: Callable[[Any], bool] | None = None,
-            fix: str = "", optional: bool = False) -> Any:
-    """Checks that `path` exists, has type `kind` and satisfies `predicate`; returns it."""
-    self.known.add(path)
-    if not self.has(path):
-      self.error(path, "missing; start from experiments/<workflow>.py, which sets every field")
-      return None
-    value = self.get(path)
-    if value is None:
-      if not optional:
-        self.error(path, f"is None; expected {kind}. {fix}".strip())
-      return None
-    ok_type = {
-        "bool": isinstance(value, bool),
-        "int": isinstance(value, int) and not isinstance(value, bool),
-        "number": isinstance(value, (int, float)) and not isinstance(value, bool),
-        "str": isinstance(value, str),
-        "str tuple": (isinstance(value, (tuple, list))
-                      and all(isinstance(v, str) for v in value)),
-        "int tuple": (isinstance(value, (tuple, list))
-                      and all(isinstance(v, int) and not isinstance(v, bool) for v in value)),
-    }[kind]
-    if not ok_type:
-      self.error(path, f"{value!r} has type {type(value).__name__}; expected {kind}")
-      return None
-    if predicate is not None and not predicate(value):
-      self.error(path, f"{value!r} is invalid. {fix}".strip())
-      return None
-    return value
-
-  def choice(self, path: str, allowed: Sequence[str]) -> str | None:
-    return self.field(path, "str", lambda v: v in allowed,
-                      f"Allowed: {', '.join(repr(a) for a in allowed)}.")
-
-  def leaf_paths(self, node: Any = None, prefix: str = "") -> list[str]:
-    node = self.config if node is None else node
-    out = []
-    for key in node.keys():
-      value = node[key]
-      path = f"{prefix}{key}"
-      if isinstance(value, ml_collections.ConfigDict):
-        out += self.leaf_paths(value, path + ".") if len(value) else [path]
-      else:
-        out.append(path)
-    return out
-
-
-def _positive(v) -> bool:
-  return v > 0
-
-
-def _non_negative(v) -> bool:
-  return v >= 0
-
-
-def _check(c: _Checker) -> None:
-  """Every field, its type and range, then the cross-field rules."""
-  c.field("name", "str", lambda v: bool(_NAME_RE.match(v)),
-          "Use letters, digits and . _ - = , + (it names the TensorBoard run directory).")
-  c.field("seed", "int", _non_negative, "Use an integer >= 0.")
-  c.field("preset", "str")
-  workflow = c.choice("workflow", tuple(WORKFLOW_AGENTS))
-
-  # model
-  model_preset = c.field("model.preset", "str")
-  if model_preset is not None:
-    try:
-      from mappa_jax.models.config import PRESETS  # pylint: disable=g-import-not-at-top
-    except ImportError:
-      PRESETS = None  # pylint: disable=invalid-name
-    if PRESETS is not None and model_preset not in PRESETS:
-      c.error("model.preset", f"{model_preset!r} is not a model preset. "
-              f"Allowed: {', '.join(sorted(PRESETS))}.")
-  hf_dir = c.field("model.hf_dir", "str", optional=True)
-  if hf_dir is None and model_preset is not None and not model_preset.startswith("tiny"):
-    c.error("model.hf_dir", f"is required for model.preset={model_preset!r} (only tiny presets "
-            "are generated). Set --config.model.hf_dir=/path/to/hf_checkpoint (a directory "
-            "with config.json, *.safetensors and tokenizer files).")
-  if hf_dir is not None and "://" not in hf_dir:
-    if not os.path.isdir(hf_dir):
-      c.error("model.hf_dir", f"{hf_dir!r} is not a directory. Point it at a Hugging Face "
-              "checkpoint directory (config.json, *.safetensors, tokenizer files).")
-    elif not os.path.isfile(os.path.join(hf_dir, "config.json")):
-      c.error("model.hf_dir", f"{hf_dir!r} has no config.json; it must be a Hugging Face "
-              "checkpoint directory (config.json, *.safetensors, tokenizer files).")
-  for key in ("param_dtype", "dtype"):
-    c.choice(f"model.{key}", ("float32", "bfloat16"))
-  c.field("model.remat", "bool")
-
-  # mesh
-  fills = 0
-  for axis in ("data", "fsdp", "tensor"):
-    size = c.field(f"mesh.{axis}", "int", lambda v: v == -1 or v >= 1,
-                   "Use -1 (all remaining devices) or a positive size.")
-    fills += size == -1
-  if fills > 1:
-    c.error("mesh", "at most one axis may be -1 (fill); give the others explicit sizes")
-
-  # agents
-  names = WORKFLOW_AGENTS.get(workflow, ()) if workflow else ()
-  if c.has("agents"):
-    got = tuple(c.get("agents").keys())
-    if names and set(got) != set(names):
-      c.error("agents", f"workflow {workflow!r} needs exactly the agents {list(names)}; got "
-              f"{sorted(got)}. Rename or remove agents (or change `workflow`).")
-    for position, agent in enumerate(names):
-      p = f"agents.{agent}"
-      if not c.has(p):
-        continue
-      c.field(f"{p}.role", "str", bool, "Give the coach's role string.")
-      c.field(f"{p}.role_description", "str")
-      tools = c.field(f"{p}.tools", "str tuple", lambda v: set(v) <= set(TOOLS),
-                      f"Allowed tools: {list(TOOLS)}.")
-      turns = c.field(f"{p}.max_turns", "int", _positive, "Use an integer >= 1.")
-      if turns is not None and turns > 1 and tools == ():
-        c.error(f"{p}.max_turns", f"= {turns} has no effect without tools (an agent acts again "
-                f"only after a tool result); set it to 1 or give {p}.tools=('python',)")
-      upstream = names[:position]
-      c.field(f"{p}.sees", "str tuple", lambda v, up=upstream: set(v) <= set(up),
-              f"An agent can only see earlier agents: {list(upstream) or 'none'}.")
-      c.field(f"{p}.sees_ground_truth_in_coach", "bool")
-  else:
-    c.field("agents", "str")  # reports it missing
-
-  # rollout
-  c.choice("rollout.engine", ("inprocess", "sglang"))
-  if c.has("rollout.sglang_urls"):
-    urls = c.get("rollout.sglang_urls")
-    if set(urls.keys()) != set(names):
-      c.error("rollout.sglang_urls", f"needs one entry per agent {list(names)}; got "
-              f"{sorted(urls.keys())}")
-    for agent in urls.keys():
-      c.field(f"rollout.sglang_urls.{agent}", "str tuple",
-              lambda v: all(u.startswith(("http://", "https://")) for u in v),
-              "URLs must start with http:// or https://.")
-      if (c.get("rollout.engine") == "sglang" and not urls[agent]):
-        c.error(f"rollout.sglang_urls.{agent}", "is empty but rollout.engine='sglang'; set "
-                f"--config.rollout.sglang_urls.{agent}='(\"http://host:30000\",)'")
-  else:
-    c.field("rollout.sglang_urls", "str")
-  c.field("rollout.temperature", "number", _non_negative, "Use >= 0 (0 = greedy).")
-  c.field("rollout.eval_temperature", "number", _non_negative, "Use >= 0 (0 = greedy).")
-  c.field("rollout.top_p", "number", lambda v: 0 < v <= 1, "Use 0 < top_p <= 1 (1 = off).")
-  c.field("rollout.top_k", "int", _non_negative, "Use >= 0 (0 = off).")
-  max_new = c.field("rollout.max_new_tokens", "int", _positive, "Use >= 1.")
-  min_new = c.field("rollout.min_new_tokens", "int", _non_negative, "Use >= 0.")
-  if max_new is not None and min_new is not None and min_new >= max_new:
-    c.error("rollout.min_new_tokens", f"= {min_new} must be < rollout.max_new_tokens "
-            f"({max_new}); lower it or raise max_new_tokens")
-  n_samples = c.field("rollout.n_samples_per_prompt", "int", _positive, "Use >= 1.")
-  c.field("rollout.rollout_batch_size", "int", _positive, "Use >= 1.")
-  c.field("rollout.max_concurrent_workflows", "int", _positive, "Use >= 1.")
-  prompt_max = c.field("rollout.prompt_max_len", "int", _positive, "Use >= 1.")
-  for key in ("prompt_buckets", "batch_buckets"):
-    c.field(f"rollout.{key}", "int tuple",
-            lambda v: all(b > 0 for b in v) and all(a < b for a, b in zip(v, v[1:])),
-            "Use () for the sampler's defaults or a strictly increasing tuple of sizes.")
-  prompt_buckets = c.get("rollout.prompt_buckets") if c.has("rollout.prompt_buckets") else ()
-  if prompt_buckets and prompt_max is not None and prompt_buckets[-1] < prompt_max:
-    c.error("rollout.prompt_buckets", f"the largest bucket ({prompt_buckets[-1]}) cannot hold "
-            f"rollout.prompt_max_len ({prompt_max}); add a bucket >= {prompt_max}")
-
-  # coach
-  kind = c.choice("coach.kind", ("rule", "openai", "panel", "replay"))
-  c.field("coach.model", "str")
-  base_url = c.field("coach.base_url", "str", lambda v: v.startswith(("http://", "https://")),
-                     "It must start with http:// or https://.", optional=True)
-  if kind in ("openai", "panel") and base_url is None:
-    c.error("coach.base_url", f"is required for coach.kind={kind!r}: set "
-            "--config.coach.base_url=https://host/v1 (an OpenAI-compatible endpoint), or use "
-            "coach.kind='rule' / 'replay'")
-  if kind == "openai" and not c.get("coach.model"):
-    c.error("coach.model", "is empty; coach.kind='openai' needs the model name to request")
-  c.field("coach.api_key_env", "str")
-  c.field("coach.temperature", "number", _non_negative, "Use >= 0.")
-  c.field("coach.max_output_tokens", "int", _positive, "Use >= 1 or None.", optional=True)
-  c.field("coach.max_concurrency", "int", _positive, "Use >= 1.")
-  c.field("coach.rpm_limit", "int", _non_negative, "Use >= 0 (0 = unlimited).")
-  c.field("coach.timeout_s", "number", _positive, "Use > 0.")
-  c.field("coach.max_retries", "int", _non_negative, "Use >= 0.")
-  c.field("coach.format_retry", "bool")
-  c.field("coach.circuit_breaker_failures", "int", _positive, "Use >= 1.")
-  cache = c.field("coach.cache_path", "str", optional=True)
-  if kind == "replay" and cache is None:
-    c.error("coach.cache_path", "is required for coach.kind='replay' (the cache to answer "
-            "from); set --config.coach.cache_path=/path/to/coach_cache.jsonl")
-  c.choice("coach.invalid_policy", ("mask", "neutral"))
-  c.field("coach.neutral_score", "number", lambda v: 0 <= v <= 10, "Use a score in [0, 10].")
-  c.field("coach.tool_observation_head_chars", "int", _non_negative, "Use >= 0.")
-  c.field("coach.tool_observation_tail_chars", "int", _non_negative, "Use >= 0.")
-  members = c.field("coach.panel_models", "str tuple")
-  if kind == "panel" and not members:
-    c.error("coach.panel_models", "is empty but coach.kind='panel'; list the member models, "
-            "e.g. --config.coach.panel_models='(\"model-a\", \"model-b\")'")
-  c.choice("coach.panel_aggregate", ("mean", "median"))
-  c.field("coach.prices.input_per_mtok", "number", _non_negative, "Use >= 0 (USD).")
-  c.field("coach.prices.output_per_mtok", "number", _non_negative, "Use >= 0 (USD).")
-
-  # rl
-  c.field("rl.kl_coef", "number", _non_negative, "Use >= 0 (0 disables the KL penalty).")
-  estimator = c.choice("rl.kl_estimator", ("k1", "k2", "k3"))
-  placement = c.choice("rl.kl_placement", ("reward", "loss", "none"))
-  if placement == "loss" and estimator == "k1":
-    c.error("rl.kl_estimator", "'k1' as a loss term has zero expected gradient of the KL; with "
-            "rl.kl_placement='loss' use 'k3' (or 'k2'), or keep kl_placement='reward'")
-  c.field("rl.gamma", "number", lambda v: 0 <= v <= 1, "Use 0 <= gamma <= 1.")
-  c.field("rl.return_across_actions", "bool")
-  c.field("rl.reward_scale", "number", _positive, "Use > 0 (0.1 maps scores to [0, 1]).")
-  c.choice("rl.whiten_scope", ("per_agent", "pooled", "per_agent_per_stratum", "none"))
-  c.choice("rl.whiten_weighting", ("token", "action"))
-  c.field("rl.whiten_truncated", "bool")
-  c.field("rl.eps_clip_low", "number", lambda v: 0 < v < 1, "Use 0 < eps_clip_low < 1.")
-  c.field("rl.eps_clip_high", "number", _positive, "Use eps_clip_high > 0.")
-  c.field("rl.dual_clip", "number", lambda v: v > 1, "Use c > 1, or None (off).",
-          optional=True)
-  c.choice("rl.loss_agg", ("seq_mean_token_mean", "token_mean", "seq_mean_token_sum"))
-  c.field("rl.mask_truncated", "bool")
-  estimator = c.choice("rl.advantage_estimator",
-                       ("reinforce_pp", "reinforce_pp_baseline", "grpo", "outcome"))
-  if estimator in ("grpo", "reinforce_pp_baseline") and n_samples is not None and n_samples < 2:
-    c.error("rl.advantage_estimator", f"{estimator!r} needs a group baseline, i.e. "
-            "rollout.n_samples_per_prompt >= 2; raise it or use 'reinforce_pp'")
-  c.field("rl.reference_context_bug", "bool")
-  c.choice("rl.impl", ("xla", "pallas"))
-
-  # train
-  c.field("train.learning_rate", "number", _positive, "Use > 0.")
-  c.field("train.warmup_ratio", "number", lambda v: 0 <= v < 1, "Use 0 <= warmup_ratio < 1.")
-  c.field("train.min_lr_ratio", "number", lambda v: 0 <= v <= 1, "Use 0 <= min_lr_ratio <= 1.")
-  c.field("train.lr_decay_steps", "int", _positive, "Use >= 1 or None (derived).",
-          optional=True)
-  c.field("train.b1", "number", lambda v: 0 <= v < 1, "Use 0 <= b1 < 1.")
-  c.field("train.b2", "number", lambda v: 0 <= v < 1, "Use 0 <= b2 < 1.")
-  c.field("train.weight_decay", "number", _non_negative, "Use >= 0.")
-  c.field("train.max_grad_norm", "number", _non_negative, "Use >= 0 (0 = no clipping).")
-  c.field("train.fp32_master_weights", "bool")
-  c.field("train.pack_sequences", "bool")
-  per_step = c.field("train.samples_per_optimizer_step", "int", _positive, "Use >= 1.")
-  micro = c.field("train.micro_batch_size", "int", _positive, "Use >= 1.")
-  if per_step is not None and micro is not None and per_step % micro:
-    c.error("train.micro_batch_size", f"= {micro} must divide "
-            f"train.samples_per_optimizer_step ({per_step})")
-  c.field("train.num_steps", "int", _positive, "Use >= 1.")
-  buckets = c.field("train.token_budget_buckets", "int tuple",
-                    lambda v: len(v) > 0 and all(b > 0 for b in v)
-                    and all(a < b for a, b in zip(v, v[1:])),
-                    "Use a non-empty, strictly increasing tuple of positive lengths.")
-  if buckets and prompt_max is not None and max_new is not None \
-      and buckets[-1] < prompt_max + max_new:
-    c.error("train.token_budget_buckets", f"the largest bucket ({buckets[-1]}) cannot hold "
-            f"rollout.prompt_max_len + rollout.max_new_tokens ({prompt_max + max_new}); add "
-            f"a bucket >= {prompt_max + max_new}")
-
-  # data
-  source = c.choice("data.source", ("synthetic", "files"))
-  train_files = c.field("data.train_files", "str tuple")
-  eval_files = c.field("data.eval_files", "str tuple")
-  if source == "files" and not train_files:
-    c.error("data.train_files", "is empty but data.source='files'; set "
-            "--config.data.train_files='(\"path/train.json\",)' or data.source='synthetic'")
-  c.field("data.max_train_samples", "int", _non_negative, "Use >= 0 (0 = all).")
-  c.field("data.subsample_seed", "int", _non_negative, "Use >= 0.")
-  c.field("data.prompt_suffix", "str")
-  c.field("data.allow_eval_overlap", "bool")
-  for key in ("cleaned_prompts_file", "stratify_key", "dsbench_root"):  # DSBench only
-    if c.has(f"data.{key}"):
-      c.field(f"data.{key}", "str")
-  c.field("data.synthetic.seed", "int", _non_negative, "Use >= 0.")
-  n_train = c.field("data.synthetic.n_train", "int", _non_negative, "Use >= 0.")
-  c.field("data.synthetic.n_eval", "int", _non_negative, "Use >= 0.")
-  c.field("data.synthetic.difficulty", "int", _positive, "Use >= 1.")
-  if source == "synthetic" and n_train == 0:
-    c.error("data.synthetic.n_train", "is 0 but data.source='synthetic'; use >= 1")
-
-  # sandbox
-  sandbox_backend = c.choice("sandbox.backend", ("auto", "bwrap", "process"))
-  unisolated = c.field("sandbox.allow_unisolated", "bool")
-  if sandbox_backend == "process" and unisolated is False:  # fail closed: an explicit opt-in
-    c.error("sandbox.backend", "= 'process' runs model-written code with NO isolation and "
-            "needs sandbox.allow_unisolated=true (--config.sandbox.allow_unisolated=true) to "
-            "accept that; or use backend='auto'/'bwrap' (`apt-get install bubblewrap`)")
-  c.field("sandbox.timeout_s", "number", _positive, "Use > 0.")
-  c.field("sandbox.memory_mb", "int", _positive, "Use >= 1.")
-  c.field("sandbox.max_concurrency", "int", _positive, "Use >= 1.")
-  c.field("sandbox.output_cap_chars", "int", _positive, "Use >= 1.")
-
-  # eval
-  eval_every = c.field("eval.every_steps", "int", _non_negative, "Use >= 0 (0 = never).")
-  c.field("eval.at_start", "bool")
-  c.field("eval.n_samples_per_prompt", "int", _positive, "Use >= 1.")
-  available = (("synthetic",) if source == "synthetic" else
-               tuple(os.path.splitext(os.path.basename(f))[0] for f in eval_files or ()))
-  c.field("eval.sets", "str tuple", lambda v: set(v) <= set(available),
-          f"Eval sets must be among {list(available)} (stems of data.eval_files, or "
-          "'synthetic'); () means all.")
-
-  # checkpoint
-  ckpt_every = c.field("checkpoint.every_steps", "int", _non_negative, "Use >= 0 (0 = never).")
-  c.field("checkpoint.keep_last", "int", _positive, "Use >= 1.")
-  best = c.field("checkpoint.keep_best_metric", "str")
-  c.choice("checkpoint.best_mode", ("max", "min"))
-  c.field("checkpoint.async_save", "bool")
-  if best and ckpt_every == 0:
-    c.error("checkpoint.keep_best_metric", f"= {best!r} but checkpoint.every_steps=0 (no "
-            "checkpoints); set every_steps > 0 or keep_best_metric=''")
-  if best and best.startswith("eval/") and ckpt_every and eval_every is not None:
-    if eval_every == 0 or ckpt_every % eval_every:
-      c.error("checkpoint.keep_best_metric", f"= {best!r} is measured every eval.every_steps="
-              f"{eval_every} steps, which never coincides with checkpoint.every_steps="
-              f"{ckpt_every}; make checkpoint.every_steps a multiple of eval.every_steps")
-
-  # logging
-  c.field("logging.every_steps", "int", _positive, "Use >= 1.")
-  c.field("logging.tensorboard", "bool")
-  c.field("logging.text_samples_per_step", "int", _non_negative, "Use >= 0.")
-
-  for path in c.leaf_paths():
-    if path not in c.known and not any(path.startswith(k + ".") for k in c.known):
-      parent, _, leaf = path.rpartition(".")
-      siblings = [k.rpartition(".")[2] for k in c.known if k.rpartition(".")[0] == parent]
-      close = difflib.get_close_matches(leaf, siblings, n=1)
-      hint = f" (did you mean {(parent + '.' if parent else '') + close[0]!r}?)" if close else ""
-      c.error(path, f"unknown field{hint}; remove it, or teach mappa_jax/config.py about it")
-
-
-def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
-  """Checks a config before anything runs; returns it unchanged.
-
-  Raises:
-    ConfigError: listing every problem, one line each: `field: problem. fix`.
-  """
-  _ensure_loaded(config)
-  checker = _Checker(config)
-  _check(checker)
-  if checker.errors:
-    lines = "\n".join(f"  - {e}" for e in checker.errors)
-    raise ConfigError(f"invalid config ({len(checker.errors)} problem"
-                      f"{'s' if len(checker.errors) > 1 else ''}):\n{lines}")
-  return config
 
 
 # ------------------------------------------------------------------------------ saving
@@ -598,14 +365,14 @@ def save(config: ml_collections.ConfigDict, workdir: str, header: str = "") -> S
   return paths
 
 
-__all__ = ["ConfigError", "WORKFLOW_AGENTS", "agent_names", "load_config", "validate",
-           "flatten", "to_json", "to_python", "save", "previous_configs", "explain_parse_error",
-           "unknown_field_message"]
+__all__ = ["ConfigError", "Experiment", "agent_names", "default_config", "experiment",
+           "load_config", "validate", "flatten", "to_json", "to_python", "save",
+           "previous_configs", "explain_parse_error", "unknown_field_message"]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-  """`python -m mappa_jax.config path.py[:preset] [field=value ...]`: print and validate."""
-  import sys  # pylint: disable=g-import-not-at-top
+  """`python -m mappa_jax.config path.py[:preset] [field=value ...]`: print every field with
+  its doc, then validate."""
   args = list(sys.argv[1:] if argv is None else argv)
   if not args or args[0].startswith("-"):
     print("usage: python -m mappa_jax.config experiments/<file>.py[:preset] [field=value ...]",
@@ -616,8 +383,12 @@ def main(argv: Sequence[str] | None = None) -> int:
   except ConfigError as e:
     print(f"FATAL: {e}", file=sys.stderr)
     return 1
-  for path, value in flatten(config).items():
-    print(f"{path} = {value!r}")
+  docs = walk_docs(Experiment, config)
+  values = flatten(config)
+  width = max(len(f"{p} = {v!r}") for p, v in values.items())
+  for path, value in values.items():
+    text = f"{path} = {value!r}"
+    print(f"{text:<{min(width, 60)}}  # {docs[path]}" if docs.get(path) else text)
   try:
     validate(config)
   except ConfigError as e:

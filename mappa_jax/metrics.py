@@ -8,6 +8,7 @@ Only process 0 writes; other processes get a writer that drops everything.
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import time
@@ -21,7 +22,19 @@ from tensorboard.plugins.text import metadata as text_metadata
 from tensorboard.summary.writer.event_file_writer import EventFileWriter
 from tensorboard.util import tensor_util
 
+from mappa_jax.schema import Section, field
+
 _LOG = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class LoggingConfig(Section):
+  """The `logging` section."""
+  every_steps: int = field(1, "scalar logging interval (global steps)", check=lambda v: v > 0,
+                           fix="Use >= 1.")
+  tensorboard: bool = field(True, "write <workdir>/tensorboard/<name>")
+  text_samples_per_step: int = field(2, "sample trajectories logged as text per step",
+                                     check=lambda v: v >= 0, fix="Use >= 0.")
 
 
 def run_dir(workdir: str, name: str) -> str:
@@ -53,11 +66,11 @@ class MetricWriter:
       self._writer = EventFileWriter(logdir, flush_secs=flush_secs)
 
   @classmethod
-  def from_config(cls, config, workdir: str) -> "MetricWriter":
-    """Writer for <workdir>/tensorboard/<config.name>; a no-op off process 0 or when off."""
-    import jax  # pylint: disable=g-import-not-at-top
-    enabled = bool(config.logging.tensorboard) and jax.process_index() == 0
-    return cls(run_dir(workdir, config.name), enabled=enabled)
+  def from_config(cls, cfg: LoggingConfig, workdir: str, name: str) -> "MetricWriter":
+    """Writer for <workdir>/tensorboard/<name>; a no-op off process 0 or when off."""
+    import jax  # pylint: disable=g-import-not-at-top  (after jax.distributed.initialize)
+    enabled = cfg.tensorboard and jax.process_index() == 0
+    return cls(run_dir(workdir, name), enabled=enabled)
 
   def _emit(self, step: int, values: list[summary_pb2.Summary.Value],
             wall_time: float | None = None) -> None:

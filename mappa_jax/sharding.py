@@ -21,6 +21,8 @@ import numpy as np
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from mappa_jax.schema import Section, field
+
 MESH_AXES = ("data", "fsdp", "tensor")
 
 # Logical name -> mesh axis (or tuple of axes, major to minor; None = replicated).
@@ -46,17 +48,27 @@ DEFAULT_RULES: dict[str, Any] = {
 log = logging.getLogger(__name__)
 
 
-@dataclasses.dataclass(frozen=True)
-class MeshConfig:
-  """Mesh shape; exactly one axis may be -1 (filled with the remaining devices)."""
-  data: int = 1
-  fsdp: int = -1
-  tensor: int = 1
+def _axis_size(v) -> bool:
+  return v == -1 or v >= 1
 
-  @classmethod
-  def from_config(cls, section) -> "MeshConfig":
-    """From an ml_collections section with fields data/fsdp/tensor (missing ones default)."""
-    return cls(**{f.name: int(section.get(f.name, f.default)) for f in dataclasses.fields(cls)})
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class MeshConfig(Section):
+  """The `mesh` section: one device mesh shared by all agents (updated one after another).
+
+  -1 = all remaining devices (one axis at most); the product must equal the device count.
+  """
+  data: int = field(1, "batch parallelism (replicated params)", check=_axis_size,
+                    fix="Use -1 (all remaining devices) or a positive size.")
+  fsdp: int = field(-1, "params and optimizer state sharded over this axis", check=_axis_size,
+                    fix="Use -1 (all remaining devices) or a positive size.")
+  tensor: int = field(1, "tensor (model) parallelism inside layers", check=_axis_size,
+                      fix="Use -1 (all remaining devices) or a positive size.")
+
+  def problems(self) -> list[tuple[str, str]]:
+    if [self.data, self.fsdp, self.tensor].count(-1) > 1:
+      return [("", "at most one axis may be -1 (fill); give the others explicit sizes")]
+    return []
 
 
 def mesh_shape(config: MeshConfig | Mapping[str, int], num_devices: int) -> tuple[int, ...]:

@@ -6,8 +6,8 @@
 Prints one `RESULT {json}` line. Modes:
   update  mathchat smoke Trainer; a fixed global batch of trajectories (process p takes the
           p-th contiguous block, so the optimizer steps group the same rows as in one process)
-          goes through Trainer._update; fixed coach verdicts (process p records its share) go
-          through Trainer._coach_scalars. Reports the update metrics, the pooled whitening
+          goes through the team's experience and update; fixed coach verdicts (process p
+          records its share) go through Trainer._coach_scalars. Reports the update metrics, the pooled whitening
           statistics, per-leaf weight changes and the coach scalars.
   sglang  mathchat smoke Trainer with rollout.engine='sglang' against the servers named in
           the overrides; trains train.num_steps steps and reports, per step, the weight version
@@ -84,12 +84,13 @@ def run_update(workdir, overrides):
   config = mconfig.validate(mconfig.load_config("experiments/mathchat.py:smoke",
                                                 overrides=tuple(overrides)))
   trainer = train.Trainer(config, workdir)
-  pid, n_proc = trainer.process_index, trainer.process_count
+  pid, n_proc = jax.process_index(), jax.process_count()
   trajs = fixed_trajectories(trainer.agents)
   block = N_TRAJ // n_proc
   mine = trajs[pid * block:(pid + 1) * block]
   pooled = {}
-  inner = trainer._pooled_stats  # pylint: disable=protected-access
+  team = trainer.team
+  inner = team._pooled_stats  # pylint: disable=protected-access
 
   def capture(batches):
     stats = inner(batches)
@@ -98,12 +99,14 @@ def run_update(workdir, overrides):
           global_batch.local_replica(s), np.float64).ravel().tolist() for s in stats)))
     return stats
 
-  trainer._pooled_stats = capture  # pylint: disable=protected-access
-  before = {a: _flat(trainer.states[a].params) for a in trainer.agents}
-  metrics = trainer._update(mine)  # pylint: disable=protected-access
+  team._pooled_stats = capture  # pylint: disable=protected-access
+  before = {a: _flat(team.states[a].params) for a in trainer.agents}
+  batches, metrics = team.experience(mine)
+  updates, trainer.rng = team.update(batches, trainer.rng)
+  metrics.update(updates)
   deltas = {}
   for agent in trainer.agents:
-    after = _flat(trainer.states[agent].params)
+    after = _flat(team.states[agent].params)
     deltas[agent] = [(a - b).tolist()[:64] + [float(np.sum(np.abs(a - b)))]
                      for a, b in zip(after, before[agent])]
   for i, (request, result) in enumerate(fixed_verdicts()):
@@ -120,7 +123,7 @@ def run_sglang(workdir, overrides):
   trainer = train.Trainer(config, workdir)
   versions, calls = {}, {"generate": 0}
   inner_generate = trainer.engine.engine.generate
-  inner_run_all = trainer._run_all  # pylint: disable=protected-access
+  inner_run_all = trainer._rollout  # pylint: disable=protected-access
 
   async def generate(*args, **kwargs):
     calls["generate"] += 1
@@ -133,7 +136,7 @@ def run_sglang(workdir, overrides):
     return trajs
 
   trainer.engine.engine.generate = generate
-  trainer._run_all = run_all  # pylint: disable=protected-access
+  trainer._rollout = run_all  # pylint: disable=protected-access
   metrics = trainer.train()
   published = sorted(os.listdir(os.path.join(workdir, "published", trainer.agents[0])))
   return {"metrics": metrics, "versions": versions, "calls": calls["generate"],

@@ -6,6 +6,7 @@ import ml_collections
 import pytest
 
 from mappa_jax import config as mconfig
+from mappa_jax import workflows
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MATHCHAT = os.path.join(ROOT, "experiments", "mathchat.py")
@@ -42,7 +43,7 @@ def test_local_preset_is_default_locked_and_valid(workflow):
   assert mconfig.validate(config) is config
   with pytest.raises(AttributeError):
     config.new_field = 1  # locked: new keys are refused
-  assert mconfig.agent_names(config) == mconfig.WORKFLOW_AGENTS[workflow]
+  assert mconfig.agent_names(config) == tuple(workflows.get(workflow).AGENTS)
   assert set(config.agents.keys()) == set(mconfig.agent_names(config))
 
 

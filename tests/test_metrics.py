@@ -73,7 +73,8 @@ def test_run_dirs_from_config_names_line_up(tmp_path):
     config = mconfig.load_config(os.path.join(ROOT, "experiments", "mathchat.py"),
                                  [f"name={name}", f"rl.kl_coef={kl}"])
     workdir = str(tmp_path / name)
-    with metrics.MetricWriter.from_config(config, workdir) as writer:
+    exp = mconfig.experiment(config)
+    with metrics.MetricWriter.from_config(exp.logging, workdir, exp.name) as writer:
       assert writer.logdir == os.path.join(workdir, "tensorboard", name)
       writer.hparams(mconfig.flatten(config), trial_id=config.name)
       writer.scalars(1, {"eval/reward": kl})

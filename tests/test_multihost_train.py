@@ -23,9 +23,9 @@ from tensorboard.backend.event_processing import event_accumulator
 
 from mappa_jax import sharding as shd
 from mappa_jax.rl import global_batch
-from mappa_jax.rl.experience import ExperienceConfig, build_train_batch
+from mappa_jax.rl.experience import build_train_batch
 from mappa_jax.rl.update import UpdateConfig, advantages
-from tests.rl.random_trajectories import random_trajectories
+from tests.rl.random_trajectories import batch_config, random_trajectories
 
 _OVERRIDES = [
     "--config.rollout.rollout_batch_size=2",
@@ -71,17 +71,17 @@ def digest(tree):
   return h.hexdigest()
 
 def snapshot(trainer):
-  return {a: digest(trainer.states[a].params) for a in trainer.agents}
+  return {a: digest(trainer.team.states[a].params) for a in trainer.agents}
 
 trainer = train.Trainer(load(1), workdir)
 metrics = trainer.train()
 result = {
     "process": jax.process_index(), "metrics": metrics, "params": snapshot(trainer),
     "engine": {a: digest(trainer.engine.params(a)) for a in trainer.agents},
-    "ref": digest(trainer.ref_params),
+    "ref": digest(trainer.team.ref_params),
     "sharded_leaves": sum(not x.is_fully_replicated
-                          for x in jax.tree.leaves(trainer.states[trainer.agents[0]].params)),
-    "steps": {a: int(np.asarray(trainer.states[a].step.addressable_data(0)))
+                          for x in jax.tree.leaves(trainer.team.states[trainer.agents[0]].params)),
+    "steps": {a: int(np.asarray(trainer.team.states[a].step.addressable_data(0)))
               for a in trainer.agents}}
 # Resume in the same workdir: restore (every process), one more global step, then evaluate.
 resumed = train.Trainer(load(2, "--config.eval.every_steps=2"), workdir)
@@ -99,15 +99,14 @@ def _trajectories():
   return random_trajectories(0)
 
 
-@pytest.mark.parametrize("whiten,baseline,pack", [("per_agent", "none", False),
-                                                  ("per_agent_per_stratum", "grpo", False),
-                                                  ("per_agent", "reinforce_baseline", True)])
-def test_global_batch_in_one_process_matches_the_local_batch(whiten, baseline, pack):
+@pytest.mark.parametrize("whiten,estimator,pack", [
+    ("per_agent", "reinforce_pp", False), ("per_agent_per_stratum", "reinforce_pp", False),
+    ("per_agent", "grpo", False), ("per_agent", "reinforce_pp_baseline", True)])
+def test_global_batch_in_one_process_matches_the_local_batch(whiten, estimator, pack):
   """One process, 8 fake devices: the global batch is the local one padded (to a row count the
   mesh divides) with re-numbered strata/groups, and gives the same advantages."""
   trajs = _trajectories()
-  local, stats = build_train_batch(trajs, "a", ExperienceConfig(token_buckets=(16,),
-                                                                rows_multiple=2, pack=pack))
+  local, stats = build_train_batch(trajs, "a", batch_config((16,), 2, pack_sequences=pack))
   mesh = shd.make_mesh(shd.MeshConfig(data=-1, fsdp=1, tensor=1))
   shape = global_batch.agree_shape(local, stats, samples_per_optimizer_step=2, data_parallel=8)
   b, a = local.tokens.shape[0], local.num_actions
@@ -132,7 +131,7 @@ def test_global_batch_in_one_process_matches_the_local_batch(whiten, baseline, p
     assert (got[n:] == pad).all(), f.name
   assert not np.asarray(glob.valid)[a:].any()
 
-  cfg = UpdateConfig(whiten_scope=whiten, baseline=baseline)
+  cfg = UpdateConfig(whiten_scope=whiten, advantage_estimator=estimator)
   rng = np.random.default_rng(1)
   lp = rng.normal(size=(shape.rows, 16)).astype(np.float32) * 0.2
   ref = rng.normal(size=(shape.rows, 16)).astype(np.float32) * 0.2

@@ -26,7 +26,7 @@ import pytest
 from tensorboard.backend.event_processing import event_accumulator
 
 from mappa_jax import config as mconfig
-from mappa_jax import factory
+from mappa_jax.rl import team as team_lib
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LAUNCHER = os.path.join(REPO, "launch", "local_multiprocess.py")
@@ -119,7 +119,7 @@ def test_sglang_servers_shared_by_two_processes(tmp_path):
                                               overrides=tuple(_SMALL)))
   agents = mconfig.agent_names(base)
   # The servers start from the weights the trainer starts from (the run's tiny model).
-  model_dir = factory.model_dir(base, workdir)
+  model_dir = team_lib.model_dir(mconfig.experiment(base).model, workdir, base.seed)
   servers = {a: BackgroundServer(load_server(model_dir)) for a in agents}
   try:
     urls = {a: s.start() for a, s in servers.items()}

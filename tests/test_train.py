@@ -55,14 +55,14 @@ def test_train_then_resume(tmp_path):
   trainer2._restore()  # pylint: disable=protected-access  (train() does this first)
   assert trainer2.step == 1
   for a in agents:
-    assert int(trainer2.states[a].step) == int(trainer.states[a].step)
+    assert int(trainer2.team.states[a].step) == int(trainer.team.states[a].step)
     same = jax.tree.map(lambda x, y: bool(np.array_equal(np.asarray(x), np.asarray(y))),
-                        trainer2.states[a].params, trainer.states[a].params)
+                        trainer2.team.states[a].params, trainer.team.states[a].params)
     assert all(jax.tree.leaves(same))
-  restored_steps = {a: int(trainer2.states[a].step) for a in agents}
+  restored_steps = {a: int(trainer2.team.states[a].step) for a in agents}
   metrics2 = trainer2.train()
   assert trainer2.step == 2
-  assert all(int(trainer2.states[a].step) > restored_steps[a] for a in agents)
+  assert all(int(trainer2.team.states[a].step) > restored_steps[a] for a in agents)
   assert any(k.startswith("eval/") for k in metrics2), sorted(metrics2)
 
   logdir = os.path.join(workdir, "tensorboard", config.name)

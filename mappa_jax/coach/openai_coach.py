@@ -1,12 +1,12 @@
 """A coach backed by any OpenAI-compatible chat endpoint (Gemini, vLLM, SGLang, local servers).
 
 Reliability policy (the reference retried for a day, then invented a score):
-- at most `max_concurrency` requests in flight and at most `rpm` request starts per minute;
+- at most `max_concurrency` requests in flight and at most `rpm_limit` request starts per minute;
 - each HTTP attempt has a timeout; 429 (Retry-After honoured, capped), 5xx, timeouts and
   dropped connections are retried up to `max_retries` times with exponential backoff + jitter;
 - a call that still fails yields an `invalid` result (masked out of training, never cached);
-- `breaker_threshold` consecutive failed attempts, lasting at least `breaker_min_duration_s`,
-  open a circuit breaker: every later call raises CoachUnavailableError, which fails the
+- `circuit_breaker_failures` consecutive failed attempts, lasting at least
+  `circuit_breaker_min_s`, open a circuit breaker: every later call raises CoachUnavailableError, which fails the
   training step loudly;
 - authentication/permission/not-found errors raise CoachConfigError at once.
 The reply is parsed strictly (parsing.py); an unreadable reply gets ONE re-ask that resends the
@@ -27,9 +27,9 @@ import urllib.parse
 import openai
 
 from mappa_jax.coach import parsing
-from mappa_jax.coach import requests as rq
 from mappa_jax.coach import rubrics
 from mappa_jax.coach.cache import CachedVerdict, CoachCache, CoachCacheMissError, cache_key
+from mappa_jax.coach.config import CoachConfig
 from mappa_jax.coach.types import CoachFatalError, CoachRequest, CoachResult
 
 log = logging.getLogger(__name__)
@@ -56,46 +56,6 @@ class LLMResult(CoachResult):
   attempts: int = 0
   raw_response: str = ""
   cache_key: str = ""
-
-
-@dataclasses.dataclass(frozen=True)
-class OpenAICoachConfig:
-  """Settings of one OpenAI-compatible coach (see `from_config` for the config names)."""
-  base_url: str
-  model: str
-  api_key_env: str = "OPENAI_API_KEY"
-  name: str = ""
-  temperature: float = 0.0
-  max_tokens: int | None = None
-  top_p: float | None = None
-  seed: int | None = None
-  extra_body: tuple[tuple[str, object], ...] = ()
-  timeout_s: float = 120.0
-  max_concurrency: int = 32
-  rpm: float = 0.0
-  rpm_burst: int = 1
-  max_retries: int = 6
-  backoff_base_s: float = 1.0
-  backoff_max_s: float = 60.0
-  retry_after_max_s: float = 120.0
-  breaker_threshold: int = 20
-  breaker_min_duration_s: float = 60.0
-  reask: bool = True
-  sample_index: int = 0
-  ground_truth_roles: tuple[str, ...] | None = rq.DEFAULT_GROUND_TRUTH_ROLES
-  limits: rq.RenderLimits = rq.RenderLimits()
-
-  def decoding(self) -> dict:
-    d = {"temperature": self.temperature}
-    if self.max_tokens is not None:
-      d["max_tokens"] = self.max_tokens
-    if self.top_p is not None:
-      d["top_p"] = self.top_p
-    if self.seed is not None:
-      d["seed"] = self.seed
-    if self.extra_body:
-      d["extra_body"] = dict(self.extra_body)
-    return d
 
 
 class _CallFailed(Exception):
@@ -203,21 +163,22 @@ class OpenAICoach:
   """Coach over an OpenAI-compatible `/chat/completions` endpoint.
 
   Args:
-    config: endpoint, decoding and reliability settings.
+    config: the `coach` section (endpoint, decoding and reliability settings).
     cache: verdict cache (None: no caching).
     replay: answer from the cache only; a miss raises CoachCacheMissError. No client is made
       and no API key is needed.
   """
 
-  def __init__(self, config: OpenAICoachConfig, cache: CoachCache | None = None,
+  def __init__(self, config: CoachConfig, cache: CoachCache | None = None,
                replay: bool = False):
     if replay and cache is None:
       raise CoachConfigError("coach replay mode needs a cache (set coach.cache_path)")
     self.config = config
     self.cache = cache
     self.replay = replay
-    self.breaker = CircuitBreaker(config.breaker_threshold, config.breaker_min_duration_s)
-    host = urllib.parse.urlparse(config.base_url).netloc or config.base_url
+    self.breaker = CircuitBreaker(config.circuit_breaker_failures, config.circuit_breaker_min_s)
+    url = config.base_url or ""  # None for a replayed coach
+    host = urllib.parse.urlparse(url).netloc or url
     self.name = config.name or f"{config.model}@{host}"
     self._state: _LoopState | None = None
 
@@ -232,7 +193,7 @@ class OpenAICoach:
 
   def render(self, request: CoachRequest) -> rubrics.RenderedPrompt:
     return rubrics.get_rubric(request.workflow).render(
-        request, self.config.limits, self.config.ground_truth_roles)
+        request, self.config.render_limits, self.config.ground_truth_roles)
 
   def key_for(self, request: CoachRequest) -> str:
     """The verdict's cache key: model, rubric template, prompt, decoding and sample index
@@ -250,7 +211,7 @@ class OpenAICoach:
       cfg = self.config
       self._state = _LoopState(
           loop=loop, client=None, semaphore=asyncio.Semaphore(cfg.max_concurrency),
-          limiter=RateLimiter(cfg.rpm, cfg.rpm_burst) if cfg.rpm > 0 else None)
+          limiter=RateLimiter(cfg.rpm_limit, cfg.rpm_burst) if cfg.rpm_limit > 0 else None)
     if self._state.client is None:
       self._state.client = openai.AsyncOpenAI(
           base_url=self.config.base_url, api_key=self._api_key(), max_retries=0,
@@ -352,7 +313,7 @@ class OpenAICoach:
       tokens_in, tokens_out, attempts = t_in, t_out, n
       verdict = parsing.parse_verdict(reply, rendered.needs_answer_correct)
       raw, reasked = reply, False
-      if not verdict.ok and self.config.reask:
+      if not verdict.ok and self.config.format_retry:
         reasked = True
         log.info("coach %s: unreadable reply for role %s (%s); re-asking", self.name,
                  request.role, verdict.problem)

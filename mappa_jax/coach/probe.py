@@ -11,6 +11,8 @@ import argparse
 import asyncio
 import sys
 
+from mappa_jax.coach.config import CoachConfig
+from mappa_jax.coach.openai_coach import CoachConfigError, CoachUnavailableError, OpenAICoach
 from mappa_jax.coach.types import CoachRequest
 
 _SAMPLES = {
@@ -60,13 +62,11 @@ def main(argv: list[str] | None = None) -> int:
   parser.add_argument("--max_tokens", type=int, default=None)
   args = parser.parse_args(argv)
 
-  from mappa_jax.coach.openai_coach import (CoachConfigError, CoachUnavailableError,
-                                            OpenAICoach, OpenAICoachConfig)
-  coach = OpenAICoach(OpenAICoachConfig(
-      base_url=args.base_url, model=args.model, api_key_env=args.api_key_env,
+  coach = OpenAICoach(CoachConfig(
+      kind="openai", base_url=args.base_url, model=args.model, api_key_env=args.api_key_env,
       timeout_s=args.timeout_s, max_retries=args.max_retries, backoff_base_s=0.5,
-      temperature=args.temperature, max_tokens=args.max_tokens,
-      breaker_threshold=args.max_retries + 2, breaker_min_duration_s=0.0))
+      temperature=args.temperature, max_output_tokens=args.max_tokens,
+      circuit_breaker_failures=args.max_retries + 2, circuit_breaker_min_s=0.0))
   request = _SAMPLES[args.workflow]
   print("=== RENDERED PROMPT ===")
   print(coach.render(request).text)

@@ -28,10 +28,6 @@ from mappa_jax.workflows.records import read_trajectories
 
 _RESULT_RE = re.compile(r"^step(\d+)_(.+)\.json$")
 _PALETTE = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#17becf")
-# Known workflow agent orders (mappa_jax.config.WORKFLOW_AGENTS, copied so that this module
-# needs nothing beyond the standard library and can run on a machine without the ML stack).
-_WORKFLOW_AGENTS = {"mathchat": ("problem_solver", "code_executor", "verifier"),
-                    "dsbench": ("data_engineer", "modeler", "analyst")}
 
 
 def _e(x: Any) -> str:
@@ -82,16 +78,16 @@ def load_run(workdir: str) -> dict[str, Any]:
     tpath = p[:-len(".json")] + ".trajectories.jsonl"
     trajs = read_trajectories(tpath) if os.path.exists(tpath) else None
     sets.setdefault(name, {})[step] = {"report": report, "trajectories": trajs}
-  # Agent order: the workflow's execution order, then any other configured or seen agent.
-  configured = list((config.get("agents") or {}).keys())
-  agents = [a for a in _WORKFLOW_AGENTS.get(config.get("workflow", ""), ()) if a in configured]
-  agents += [a for a in configured if a not in agents]
+  # Agent order: the workflow's execution order, as the trajectories' actions show it (this
+  # module needs nothing beyond the standard library), then any other configured agent.
+  agents: list[str] = []
   for runs in sets.values():
     for run in runs.values():
       for t in run["trajectories"] or ():
         for a in t.get("actions", ()):
           if a.get("agent") not in agents:
             agents.append(a.get("agent"))
+  agents += [a for a in (config.get("agents") or {}) if a not in agents]
   return {"config": config, "agents": agents, "sets": sets}
 
 

@@ -26,6 +26,7 @@ from mappa_jax.coach.types import CoachFatalError
 from mappa_jax.data import dsbench, grading
 from mappa_jax.data.loaders import Task
 from mappa_jax.eval import metrics
+from mappa_jax.schema import Section, field
 from mappa_jax.workflows import records
 from mappa_jax.workflows.records import Trajectory
 
@@ -339,6 +340,18 @@ def write_tensorboard(logdir: str | os.PathLike, scalars: dict[str, float], step
     writer.close()
 
 
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class EvalConfig(Section):
+  """The `eval` section: when and how the team is evaluated during training."""
+  every_steps: int = field(4, "REF evaluation interval in global steps (0 = never)",
+                           check=lambda v: v >= 0, fix="Use >= 0 (0 = never).")
+  at_start: bool = field(True, "REF evaluate before training (logged as step 0)")
+  n_samples_per_prompt: int = field(4, "REF samples per eval task (2 x 2 engines)",
+                                    check=lambda v: v > 0, fix="Use >= 1.")
+  sets: tuple[str, ...] = field((), "eval set names: stems of data.eval_files ('synthetic' / "
+                                "'suite' for the synthetic sources); () = all")
+
+
 RunOne = Callable[[Task, int], Awaitable[Trajectory]]
 
 
@@ -375,6 +388,24 @@ async def run_trajectories(tasks: Sequence[Task], run_one: RunOne, *, n_samples:
     raise
 
 
+async def _math_report(name, tasks, trajs, *, k_values, n_boot, seed) -> EvalReport:
+  by_id = {t.task_id: t for t in tasks}
+  samples = [await asyncio.to_thread(math_sample, tr, by_id[tr.task_id]) for tr in trajs]
+  return evaluate_math(name, tasks, samples, k_values=k_values, n_boot=n_boot, seed=seed)
+
+
+async def _dsbench_report(name, tasks, trajs, *, k_values, n_boot, seed) -> EvalReport:
+  del k_values  # DSBench reports rates and gains, not pass@k
+  by_id = {t.task_id: t for t in tasks}
+  cache: dict[str, float] = {}
+  samples = [dsbench_sample(tr, by_id[tr.task_id], baseline_cache=cache) for tr in trajs]
+  return evaluate_dsbench(name, tasks, samples, n_boot=n_boot, seed=seed)
+
+
+# Evaluation kinds (a workflow names its own, Workflow.EVAL_KIND): graded samples -> report.
+EVAL_KINDS = {"math": _math_report, "dsbench": _dsbench_report}
+
+
 async def run_eval(name: str, tasks: Sequence[Task], run_one: RunOne, *, kind: str,
                    n_samples: int = 4, max_concurrency: int = 16, k_values: Sequence[int] = (1,),
                    n_boot: int = 2000, seed: int = 0, results_path: str | None = None,
@@ -387,25 +418,19 @@ async def run_eval(name: str, tasks: Sequence[Task], run_one: RunOne, *, kind: s
     name: the eval set's name (used in scalar tags 'eval/<name>/<metric>').
     tasks: the eval tasks.
     run_one: async (task, sample_index) -> Trajectory (e.g. a bound workflow.run).
-    kind: 'math' or 'dsbench'.
+    kind: how samples are graded and aggregated: a key of EVAL_KINDS ('math', 'dsbench').
     n_samples: samples per task.
     results_path: when given, the results JSON is written there.
     trajectories_path: when given, every trajectory is written there as JSONL (sorted by task
       id and sample index; see records.write_trajectories), for `eval/report.py`.
     decode: token ids -> text, to dump each action's prompt text with the trajectories.
   """
-  if kind not in ("math", "dsbench"):
-    raise ValueError(f"kind must be 'math' or 'dsbench', got {kind!r}")
+  if kind not in EVAL_KINDS:
+    raise ValueError(f"kind must be one of {sorted(EVAL_KINDS)}, got {kind!r}")
   trajs = await run_trajectories(tasks, run_one, n_samples=n_samples,
                                  max_concurrency=max_concurrency)
-  by_id = {t.task_id: t for t in tasks}
-  if kind == "math":
-    samples = [await asyncio.to_thread(math_sample, tr, by_id[tr.task_id]) for tr in trajs]
-    report = evaluate_math(name, tasks, samples, k_values=k_values, n_boot=n_boot, seed=seed)
-  else:
-    cache: dict[str, float] = {}
-    samples = [dsbench_sample(tr, by_id[tr.task_id], baseline_cache=cache) for tr in trajs]
-    report = evaluate_dsbench(name, tasks, samples, n_boot=n_boot, seed=seed)
+  report = await EVAL_KINDS[kind](name, tasks, trajs, k_values=k_values, n_boot=n_boot,
+                                  seed=seed)
   if results_path:
     write_results(report, results_path)
   if trajectories_path:

@@ -20,9 +20,11 @@ from typing import Any, Sequence
 import ml_collections
 
 from mappa_jax import config as mconfig
+from mappa_jax import train
 from mappa_jax.data import loaders
 from mappa_jax.data.loaders import Task
 from mappa_jax.eval import runner as eval_runner
+from mappa_jax.progress import phase
 
 
 @dataclasses.dataclass
@@ -59,7 +61,7 @@ def load_run_config(workdir: str, overrides: Sequence[str] = ()) -> ml_collectio
 
 def load_task_file(path: str, config: ml_collections.ConfigDict) -> list[Task]:
   """{"prompt", "answer"[, "task_id", "task_type"]} records (JSON array or JSONL) as Tasks,
-  with the run's prompt suffix appended as in training (factory._files_tasks).
+  with the run's prompt suffix appended as in training (data.config.load_files).
 
   Records without task_id use an "id" field when they have one, else '<file stem>-<index>'.
   """
@@ -136,15 +138,12 @@ def evaluate_team(workdir: str, tasks_file: str, *, step: int | None = None, bas
     FileNotFoundError / ValueError: a missing file, an unknown step, a non-MathChat run; the
       message names the flag and the fix.
   """
-  from mappa_jax import factory  # pylint: disable=g-import-not-at-top  (jax-heavy imports)
-  from mappa_jax import train  # pylint: disable=g-import-not-at-top
-  from mappa_jax.progress import phase  # pylint: disable=g-import-not-at-top
-
   workdir = os.path.abspath(workdir)
   config = load_run_config(workdir, overrides)
-  if config.workflow != "mathchat":
+  workflow_cls = mconfig.experiment(config).workflow_class
+  if workflow_cls.EVAL_KIND != "math":
     raise ValueError(f"--workdir={workdir} is a {config.workflow!r} run; launch/eval.py "
-                     "evaluates MathChat teams on {prompt, answer} records")
+                     "evaluates teams graded on {prompt, answer} records (MathChat)")
   chosen = _choose_step(workdir, step, base)
   tasks = load_task_file(tasks_file, config)
   config = _eval_config(config, n_samples)
@@ -159,8 +158,8 @@ def evaluate_team(workdir: str, tasks_file: str, *, step: int | None = None, bas
     if chosen is not None:
       trainer._restore(chosen)  # pylint: disable=protected-access  (the trainer's resume path)
     with tempfile.TemporaryDirectory(prefix="mappa_eval_") as workspaces:
-      workflow = factory.build_workflow(
-          config, engine=trainer.engine, tokenizer=trainer.tokenizer, coach=trainer.coach,
+      workflow = workflow_cls.from_config(
+          trainer.exp, engine=trainer.engine, tokenizer=trainer.tokenizer, coach=trainer.coach,
           sandbox=trainer.sandbox, workspace_root=workspaces, evaluation=True)
       k = int(config.eval.n_samples_per_prompt)
       with phase(f"eval {name} ({which})", total=len(tasks) * k, unit="traj") as bar:
@@ -170,7 +169,7 @@ def evaluate_team(workdir: str, tasks_file: str, *, step: int | None = None, bas
           finally:
             bar.update(1)
         report, _ = trainer.loop.run_until_complete(eval_runner.run_eval(
-            name, tasks, run_one, kind="math", n_samples=k,
+            name, tasks, run_one, kind=workflow_cls.EVAL_KIND, n_samples=k,
             max_concurrency=int(config.rollout.max_concurrent_workflows),
             seed=int(config.seed)))
   finally:

@@ -1,8 +1,8 @@
 """Actions -> one fixed-shape TrainBatch per agent.
 
 Each action becomes one RL sample: its full context (`prompt_ids`) followed by its sampled
-`response_ids`. Shapes are bucketed (T from `token_buckets`, B a multiple of `rows_multiple`,
-optionally from `batch_buckets`) so the jitted update compiles a handful of shapes. Nothing is
+`response_ids`. Shapes are bucketed (T from `train.token_budget_buckets`, B a multiple of
+`train.samples_per_optimizer_step`, optionally from `train.row_buckets`) so the jitted update compiles a handful of shapes. Nothing is
 dropped to make shapes fit: sequences longer than the largest bucket are left-truncated (the
 prompt's head goes first, the generation end is kept) and counted in the stats.
 
@@ -12,17 +12,15 @@ targets that are response tokens of action a (-1 elsewhere); see rl/objectives.p
 """
 from __future__ import annotations
 
-import dataclasses
 from typing import Any, Sequence
 
 import flax.struct
 import jax
 import numpy as np
 
+from mappa_jax.rl.config import UpdateConfig
 from mappa_jax.workflows.records import Action
 from mappa_jax.workflows.records import Trajectory
-
-REWARD_SOURCES = ("process", "outcome")
 
 
 @flax.struct.dataclass
@@ -69,94 +67,48 @@ class TrainBatch:
     return int(self.rewards.shape[0])
 
 
-@dataclasses.dataclass(frozen=True)
-class ExperienceConfig:
-  """How actions become a TrainBatch.
-
-  token_buckets: allowed T (row length) values, ascending; the largest is the token budget.
-  rows_multiple: B is a multiple of this (the samples per optimizer step in the padded layout).
-  batch_buckets: optional allowed B values (each a multiple of rows_multiple); B beyond the
-    largest falls back to the next multiple of rows_multiple.
-  reward_scale: multiplies coach scores (MathChat reference: 0.1; DSBench: 1.0).
-  reward_clip: rewards are clipped to this range (reference (-10, 10), never binds).
-  reward_source: 'process' (coach score per action, reference) or 'outcome'
-    (trajectory.outcome[outcome_key] on every action of the trajectory; ablation).
-  outcome_key: which outcome signal to use for reward_source='outcome'.
-  outcome_scale: multiplies the outcome value before reward_scale. The trainer uses 10: an
-    outcome in [0, 1] goes on the coach's 0-10 scale, so that outcome-only and per-action
-    rewards weigh the same against the KL penalty (a fair ablation).
-  pack: put several actions in one row (needs a segment-aware model; off by default).
-  max_strata: static number of task-type strata (for per-stratum whitening).
-  """
-  token_buckets: tuple[int, ...] = (512, 1024, 2048, 4096, 8192, 16384, 32768)
-  rows_multiple: int = 16
-  batch_buckets: tuple[int, ...] = ()
-  reward_scale: float = 1.0
-  reward_clip: tuple[float, float] = (-10.0, 10.0)
-  reward_source: str = "process"
-  outcome_key: str = "correct"
-  outcome_scale: float = 1.0
-  pack: bool = False
-  max_strata: int = 8
-
-  @classmethod
-  def from_config(cls, section) -> "ExperienceConfig":
-    """From an ml_collections section; unknown keys are an error, missing ones default."""
-    names = {f.name for f in dataclasses.fields(cls)}
-    unknown = set(section.keys()) - names
-    if unknown:
-      raise ValueError(f"unknown experience config fields {sorted(unknown)}; known: "
-                       f"{sorted(names)}")
-    values = {k: section[k] for k in section.keys()}
-    for k in ("token_buckets", "batch_buckets", "reward_clip"):
-      if k in values:
-        values[k] = tuple(values[k])
-    return cls(**values)
-
-  def __post_init__(self):
-    if not self.token_buckets or list(self.token_buckets) != sorted(self.token_buckets):
-      raise ValueError(f"token_buckets must be a non-empty ascending tuple, got "
-                       f"{self.token_buckets}")
-    if self.rows_multiple < 1:
-      raise ValueError(f"rows_multiple must be >= 1, got {self.rows_multiple}")
-    if self.reward_source not in REWARD_SOURCES:
-      raise ValueError(f"reward_source must be one of {REWARD_SOURCES}, got "
-                       f"{self.reward_source!r}")
-
-
-def _pick_rows(n: int, cfg: ExperienceConfig) -> int:
-  m = cfg.rows_multiple
-  for b in cfg.batch_buckets:
+def _pick_rows(n: int, cfg: UpdateConfig) -> int:
+  m = cfg.samples_per_optimizer_step
+  for b in cfg.row_buckets:
     if b >= n and b % m == 0:
       return b
   return max(m, -(-n // m) * m)
 
 
-def _pick_len(n: int, cfg: ExperienceConfig) -> int:
-  for t in cfg.token_buckets:
+def _pick_len(n: int, cfg: UpdateConfig) -> int:
+  for t in cfg.token_budget_buckets:
     if t >= n:
       return t
-  return cfg.token_buckets[-1]
+  return cfg.token_budget_buckets[-1]
 
 
-def _action_reward(action: Action, traj: Trajectory, cfg: ExperienceConfig):
-  """(reward, invalid)."""
-  if cfg.reward_source == "outcome":
+def _action_reward(action: Action, traj: Trajectory, cfg: UpdateConfig,
+                   neutral_score: float | None):
+  """(reward, invalid): the coach score (or the trajectory's outcome, advantage_estimator=
+  'outcome'), scaled and clipped. An action the coach could not score is invalid, or gets
+  `neutral_score` when one is given (coach.invalid_policy='neutral')."""
+  if cfg.advantage_estimator == "outcome":
     if cfg.outcome_key not in traj.outcome:
       return 0.0, True
     value = float(traj.outcome[cfg.outcome_key]) * cfg.outcome_scale
-  else:
-    if action.coach is None or not action.coach.is_scored or action.coach.score is None:
+  elif action.coach is None or not action.coach.is_scored or action.coach.score is None:
+    if neutral_score is None:
       return 0.0, True
+    value = float(neutral_score)
+  else:
     value = float(action.coach.score)
   lo, hi = cfg.reward_clip
   return float(np.clip(value * cfg.reward_scale, lo, hi)), False
 
 
 def build_train_batch(trajectories: Sequence[Trajectory], agent: str,
-                      cfg: ExperienceConfig = ExperienceConfig()
-                      ) -> tuple[TrainBatch, dict[str, Any]]:
+                      cfg: UpdateConfig = UpdateConfig(), *,
+                      neutral_score: float | None = None) -> tuple[TrainBatch, dict[str, Any]]:
   """All of `agent`'s actions in `trajectories` -> (TrainBatch, stats).
+
+  Layout from cfg.token_budget_buckets, samples_per_optimizer_step, row_buckets and
+  pack_sequences; rewards from cfg.reward_scale, reward_clip, advantage_estimator ('outcome':
+  cfg.outcome_key times outcome_scale) and `neutral_score` (see _action_reward).
 
   Actions keep trajectory order (then turn order), which `next_action` relies on.
   stats: counts of actions, invalid, truncated, left-truncated sequences and dropped prompt /
@@ -174,7 +126,7 @@ def build_train_batch(trajectories: Sequence[Trajectory], agent: str,
                          f"{len(action.response_ids)} response ids")
       items.append((action, ti, traj))
   n = len(items)
-  budget = cfg.token_buckets[-1]
+  budget = cfg.token_budget_buckets[-1]
   lengths = [len(a.prompt_ids) + len(a.response_ids) for a, _, _ in items]
   stats: dict[str, Any] = dict(actions=n, invalid=0, truncated=0, left_truncated=0,
                                prompt_tokens_dropped=0, response_tokens_dropped=0)
@@ -182,12 +134,12 @@ def build_train_batch(trajectories: Sequence[Trajectory], agent: str,
   strata_names = sorted({traj.task_type for _, _, traj in items})
   if len(strata_names) > cfg.max_strata:
     raise ValueError(f"{len(strata_names)} task types {strata_names} exceed "
-                     f"experience.max_strata={cfg.max_strata}; raise it")
+                     f"rl.max_strata={cfg.max_strata}; raise it")
   stratum_of = {s: i for i, s in enumerate(strata_names)}
 
   # Row assignment: padded = one action per row; packed = first-fit by decreasing length.
   seq_len = _pick_len(max(lengths, default=1), cfg)
-  if cfg.pack:
+  if cfg.pack_sequences:
     rows: list[list[int]] = []
     room: list[int] = []
     for i in sorted(range(n), key=lambda i: -min(lengths[i], seq_len)):
@@ -203,7 +155,7 @@ def build_train_batch(trajectories: Sequence[Trajectory], agent: str,
   else:
     rows = [[i] for i in range(n)]
   b = _pick_rows(len(rows), cfg)
-  a_slots = b if not cfg.pack else _pick_rows(n, cfg)
+  a_slots = b if not cfg.pack_sequences else _pick_rows(n, cfg)
 
   tokens = np.zeros((b, seq_len), np.int32)
   targets = np.zeros((b, seq_len), np.int32)
@@ -224,7 +176,7 @@ def build_train_batch(trajectories: Sequence[Trajectory], agent: str,
   group_of: dict[tuple, int] = {}
   last_of_traj: dict[int, int] = {}
   for slot, (action, ti, traj) in enumerate(items):
-    reward, bad = _action_reward(action, traj, cfg)
+    reward, bad = _action_reward(action, traj, cfg, neutral_score)
     rewards[slot], invalid[slot], valid[slot] = reward, bad, True
     truncated[slot] = action.truncated
     strata[slot] = stratum_of[traj.task_type]

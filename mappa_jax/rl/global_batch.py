@@ -27,7 +27,6 @@ from __future__ import annotations
 import dataclasses
 import functools
 import hashlib
-import json
 from typing import Any, Sequence
 
 import jax
@@ -164,44 +163,18 @@ def to_global(local: TrainBatch, trajectories: Sequence[Trajectory], agent: str,
   return TrainBatch(**out)
 
 
-def sum_over_processes(values: dict[str, float]) -> dict[str, float]:
-  """Sums each scalar over processes (collective; every process must pass the same keys)."""
-  keys = sorted(values)
-  if not keys:
-    return {}
-  local = np.asarray([float(values[k]) for k in keys], np.float32)
-  total = np.asarray(multihost_utils.process_allgather(local)).reshape(-1, len(keys)).sum(0)
-  return dict(zip(keys, (float(v) for v in total)))
-
-
-def allgather_json(value: Any) -> list[Any]:
-  """Every process's JSON-able `value`, in process order, on every process (collective).
-
-  For small variable-size records (e.g. coach statistics): the UTF-8 JSON is padded to the
-  longest process's length, since an all-gather needs one shape everywhere.
-  """
-  data = np.frombuffer(json.dumps(value).encode("utf-8"), np.uint8)
-  sizes = np.asarray(multihost_utils.process_allgather(np.asarray([data.size], np.int32)))
-  sizes = sizes.reshape(-1)
-  table = np.asarray(multihost_utils.process_allgather(_pad(data, (int(sizes.max()),), 0)))
-  table = table.reshape(sizes.size, -1)
-  return [json.loads(bytes(row[:n]).decode("utf-8")) for row, n in zip(table, sizes)]
-
-
-def from_process0(values: dict[str, float]) -> dict[str, float]:
-  """Process 0's scalars on every process (collective; every process must pass the same keys,
-  checked by hashing them)."""
-  keys = sorted(values)
-  check = np.asarray([len(keys), *_hash62("\x00".join(keys))], np.int32)
-  seen = np.asarray(multihost_utils.process_allgather(check)).reshape(-1, check.size)
-  if (seen != seen[0]).any():
-    raise ValueError(f"processes disagree on the scalar names to share (process "
-                     f"{jax.process_index()} has {keys})")
-  if not keys:
-    return {}
-  local = np.asarray([float(values[k]) for k in keys], np.float32)
-  shared = np.asarray(multihost_utils.broadcast_one_to_all(local))
-  return dict(zip(keys, (float(v) for v in shared)))
+def globalize(local: TrainBatch, stats: dict[str, Any], trajectories: Sequence[Trajectory],
+              agent: str, mesh: Mesh, cfg) -> tuple[TrainBatch, dict[str, Any]]:
+  """An agent's local batch as the global batch of all processes, with global counts in
+  `stats` (collective); the batch and stats themselves in one process. cfg: UpdateConfig."""
+  if jax.process_count() == 1:
+    return local, stats
+  shape = agree_shape(local, stats, samples_per_optimizer_step=cfg.samples_per_optimizer_step,
+                      data_parallel=mesh.shape["data"] * mesh.shape["fsdp"])
+  if shape.totals["actions"] == 0:
+    return local, {**stats, **shape.totals}
+  return (to_global(local, trajectories, agent, shape, mesh, max_strata=cfg.max_strata),
+          {**stats, **shape.totals})
 
 
 def local_replica(tree: Any, device: jax.Device | None = None) -> Any:

@@ -6,7 +6,7 @@ tokens. The padded layout has one action per row (A = B); the packed layout puts
 in a row. An action's tokens are contiguous within its row.
 
 Reference behaviour (mappa-reference.md §3) and where each choice is configured: see
-`mappa_jax.rl.update.UpdateConfig`.
+`mappa_jax.rl.config` (the `rl` and `train` sections).
 """
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ import jax.numpy as jnp
 from mappa_jax.kernels.rewards_kernel import combine_row_sums
 from mappa_jax.kernels.rewards_kernel import kl_estimate
 from mappa_jax.kernels.rewards_kernel import kl_rewards_returns
+from mappa_jax.rl.config import Baseline, LossAggregation, WhitenWeighting, choices
 
 Array = jax.Array
 
@@ -27,10 +28,9 @@ __all__ = [
 ]
 
 VAR_FLOOR = 1e-8
-WHITEN_SCOPES = ("per_agent", "pooled", "per_agent_per_stratum", "none")
-WHITEN_WEIGHTINGS = ("token", "action")
-LOSS_AGGREGATIONS = ("seq_mean_token_mean", "token_mean", "seq_mean_token_sum")
-BASELINES = ("none", "grpo", "reinforce_baseline")
+WHITEN_WEIGHTINGS = choices(WhitenWeighting)
+LOSS_AGGREGATIONS = choices(LossAggregation)
+BASELINES = choices(Baseline)
 
 
 def _gather(per_action: Array, action_ids: Array, fill=0):

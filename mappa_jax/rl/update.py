@@ -11,7 +11,7 @@ whole optimizer step, so accumulation is exact.
 `state` (TrainState) is donated. With a mesh, rows are sharded over (data, fsdp) and params keep
 the shardings they were placed with (mappa_jax.sharding), so the whitening statistics are global
 because they are computed inside the jitted step over the global batch. With bf16 params the
-optimizer state holds a float32 master copy (MasterWeightsState, UpdateConfig.fp32_master_weights):
+optimizer state holds a float32 master copy (MasterWeightsState, train.fp32_master_weights):
 an Adam step of ~lr = 1e-6 is below bf16 precision and would be lost.
 """
 from __future__ import annotations
@@ -31,92 +31,10 @@ import optax
 
 from mappa_jax.kernels.token_logprobs import token_logprobs
 from mappa_jax.rl import objectives as obj
+from mappa_jax.rl.config import UpdateConfig
 from mappa_jax.rl.experience import TrainBatch
 
 Array = jax.Array
-
-
-@dataclasses.dataclass(frozen=True)
-class UpdateConfig:
-  """Every choice of the update, reference values as defaults (mappa-reference.md §3.1)."""
-  # optimizer (AdamW, clip by global norm, warm-up then cosine to min_lr_ratio * lr, clamped)
-  learning_rate: float = 1e-6
-  adam_b1: float = 0.9
-  adam_b2: float = 0.95
-  adam_eps: float = 1e-8
-  weight_decay: float = 0.0
-  max_grad_norm: float = 1.0             # 0 = no clipping
-  # Keep a float32 master copy of low-precision (bf16) params in the optimizer state; without it
-  # an Adam step of ~lr = 1e-6 is below half a bf16 ulp of any weight and rounds to nothing.
-  fp32_master_weights: bool = True
-  warmup_ratio: float = 0.03
-  min_lr_ratio: float = 0.1
-  max_steps: int = 512                    # schedule horizon in optimizer steps
-  # KL
-  kl_coef: float = 0.01
-  kl_estimator: str = "k1"
-  kl_placement: str = "reward"            # 'reward' | 'loss'
-  # returns and advantages
-  gamma: float = 1.0
-  continue_returns: bool = False          # flow returns across an agent's consecutive actions
-  baseline: str = "none"                  # 'none' | 'grpo' | 'reinforce_baseline'
-  whiten_scope: str = "per_agent"         # 'per_agent' | 'pooled' | 'per_agent_per_stratum' | 'none'
-  whiten_weighting: str = "token"         # 'token' | 'action'
-  whiten_use_std: bool = True
-  whiten_include_truncated: bool = True   # reference: truncated samples count in the statistics
-  var_floor: float = 1e-8
-  max_strata: int = 8
-  # policy loss
-  eps_clip_low: float = 0.2
-  eps_clip_high: float = 0.2
-  dual_clip: float | None = None
-  loss_aggregation: str = "seq_mean_token_mean"
-  mask_truncated: bool = True
-  samples_per_optimizer_step: int = 16    # rows per optimizer step (padded layout: samples)
-  micro_batch_size: int = 1               # rows per gradient-accumulation micro-batch
-  shuffle: bool = True
-  old_logprobs: str = "recompute"         # 'recompute' (reference) | 'rollout'
-  temperature: float = 1.0
-  # implementation
-  logprob_impl: str = "xla"
-  logprob_chunk: int = 1024
-  advantage_impl: str = "xla"
-  logprob_batch_rows: int = 0             # rows per old/ref forward (0 = micro_batch_size)
-
-  def __post_init__(self):
-    checks = {
-        "kl_estimator": (self.kl_estimator, ("k1", "k2", "k3")),
-        "kl_placement": (self.kl_placement, ("reward", "loss")),
-        "baseline": (self.baseline, obj.BASELINES),
-        "whiten_scope": (self.whiten_scope, obj.WHITEN_SCOPES),
-        "whiten_weighting": (self.whiten_weighting, obj.WHITEN_WEIGHTINGS),
-        "loss_aggregation": (self.loss_aggregation, obj.LOSS_AGGREGATIONS),
-        "old_logprobs": (self.old_logprobs, ("recompute", "rollout")),
-        "logprob_impl": (self.logprob_impl, ("xla", "pallas", "reference")),
-        "advantage_impl": (self.advantage_impl, ("xla", "pallas", "reference")),
-    }
-    for name, (value, allowed) in checks.items():
-      if value not in allowed:
-        raise ValueError(f"rl.{name} must be one of {allowed}, got {value!r}")
-    if not self.temperature > 0:
-      raise ValueError(f"UpdateConfig.temperature (the sampling temperature, "
-                       f"rollout.temperature) must be > 0: logits are divided by it; got "
-                       f"{self.temperature}. For greedy rollouts score with temperature 1.0")
-    if self.max_grad_norm < 0:
-      raise ValueError(f"train.max_grad_norm must be >= 0 (0 = no clipping), got "
-                       f"{self.max_grad_norm}")
-    if self.samples_per_optimizer_step % self.micro_batch_size:
-      raise ValueError(f"rl.samples_per_optimizer_step={self.samples_per_optimizer_step} must be "
-                       f"a multiple of rl.micro_batch_size={self.micro_batch_size}")
-
-  @classmethod
-  def from_config(cls, section) -> "UpdateConfig":
-    """From an ml_collections section; unknown keys are an error, missing ones default."""
-    names = {f.name for f in dataclasses.fields(cls)}
-    unknown = set(section.keys()) - names
-    if unknown:
-      raise ValueError(f"unknown rl config fields {sorted(unknown)}; known: {sorted(names)}")
-    return cls(**{k: section[k] for k in section.keys()})
 
 
 def lr_schedule(cfg: UpdateConfig) -> optax.Schedule:
@@ -135,7 +53,7 @@ def make_optimizer(cfg: UpdateConfig) -> optax.GradientTransformation:
           else optax.identity())
   return optax.chain(
       clip,
-      optax.adamw(lr_schedule(cfg), b1=cfg.adam_b1, b2=cfg.adam_b2, eps=cfg.adam_eps,
+      optax.adamw(lr_schedule(cfg), b1=cfg.b1, b2=cfg.b2, eps=cfg.eps,
                   weight_decay=cfg.weight_decay))
 
 
@@ -253,28 +171,29 @@ def advantages(old_lp: Array, ref_lp: Array, batch: TrainBatch, cfg: UpdateConfi
   ids = batch.action_ids
   counted = batch.valid & ~batch.invalid
   shaped = obj.group_baseline(batch.rewards, batch.groups, counted, a, cfg.baseline)
-  beta = cfg.kl_coef if cfg.kl_placement == "reward" else 0.0
-  include = counted & (cfg.whiten_include_truncated | ~batch.truncated)
+  beta = cfg.kl_reward_coef
+  include = counted & (cfg.whiten_truncated | ~batch.truncated)
   weights = obj.whitening_weights(ids, include, cfg.whiten_weighting)
   kl, rewards, returns, row_sums = obj.kl_rewards_returns(
       old_lp, ref_lp, ids, obj.end_rewards(ids, shaped), weights, beta=beta, gamma=cfg.gamma,
       estimator=cfg.kl_estimator, impl=cfg.advantage_impl)
-  if cfg.continue_returns:
+  if cfg.return_across_actions:
     returns = obj.continue_returns(returns, ids, batch.next_action, cfg.gamma)
   groups, num_groups = None, 1
-  if cfg.whiten_scope == "per_agent_per_stratum":
+  scope = cfg.whitening
+  if scope == "per_agent_per_stratum":
     groups = jnp.where(ids >= 0, batch.strata[jnp.maximum(ids, 0)], 0)
     num_groups = cfg.max_strata
-  if cfg.whiten_scope == "none":
+  if scope == "none":
     stats = obj.whitening_stats(returns, weights, groups, num_groups)
     adv = returns
   else:
-    if cfg.whiten_scope == "pooled":
+    if scope == "pooled":
       if pooled_stats is None:
         raise ValueError("rl.whiten_scope='pooled' needs pooled_stats: merge every agent's "
                          "advantage_stats(...) with objectives.merge_stats and pass it")
       stats = pooled_stats
-    elif groups is None and not cfg.continue_returns and cfg.advantage_impl != "reference":
+    elif groups is None and not cfg.return_across_actions and cfg.advantage_impl != "reference":
       stats = obj.stats_from_row_sums(row_sums)       # the kernel's partial sums
     else:
       stats = obj.whitening_stats(returns, weights, groups, num_groups)
@@ -295,8 +214,8 @@ def _update_body(graphdef, tx, cfg: UpdateConfig, state: TrainState, ref_params,
   a = batch.num_actions
   s_rows, m_rows = cfg.samples_per_optimizer_step, cfg.micro_batch_size
   if b % s_rows:
-    raise ValueError(f"batch has {b} rows, not a multiple of rl.samples_per_optimizer_step="
-                     f"{s_rows} (build it with ExperienceConfig(rows_multiple={s_rows}))")
+    raise ValueError(f"batch has {b} rows, not a multiple of train.samples_per_optimizer_step="
+                     f"{s_rows} (build it with build_train_batch and the same UpdateConfig)")
   ids = batch.action_ids
   resp = ids >= 0
 
@@ -312,7 +231,7 @@ def _update_body(graphdef, tx, cfg: UpdateConfig, state: TrainState, ref_params,
   counted = batch.valid & ~batch.invalid
   lossable = counted & ~(cfg.mask_truncated & batch.truncated)
   loss_mask = resp & jnp.where(resp, lossable[jnp.maximum(ids, 0)], False)
-  weights = obj.loss_token_weights(loss_mask, ids, a, cfg.loss_aggregation)
+  weights = obj.loss_token_weights(loss_mask, ids, a, cfg.loss_agg)
   first = resp & (obj.token_positions_in_action(ids, a) == 0)
   row_samples = jnp.sum(first & counted[jnp.maximum(ids, 0)], axis=1).astype(jnp.float32)
   row_tokens = jnp.sum(loss_mask, axis=1).astype(jnp.float32)
@@ -361,7 +280,7 @@ def _update_body(graphdef, tx, cfg: UpdateConfig, state: TrainState, ref_params,
     params, opt_state = carry
     samples = jnp.sum(step_xs["samples"])
     ntok = jnp.sum(step_xs["tokens_n"])
-    norm = ntok if cfg.loss_aggregation == "token_mean" else samples
+    norm = ntok if cfg.loss_agg == "token_mean" else samples
     norm = jnp.maximum(norm, 1.0)
 
     def micro(acc, mb):

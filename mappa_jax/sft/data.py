@@ -9,7 +9,7 @@ import asyncio
 import collections
 import dataclasses
 import tempfile
-from typing import Sequence
+from typing import Mapping, Sequence
 
 import numpy as np
 
@@ -17,6 +17,7 @@ from mappa_jax.coach.rule_coach import RuleCoach
 from mappa_jax.data.loaders import Task
 from mappa_jax.rollout.types import SamplingParams
 from mappa_jax.sft.demos import DemoMixture, DemoPolicy
+from mappa_jax.workflows.base import AgentConfig
 from mappa_jax.workflows.mathchat import MathChatConfig, MathChatWorkflow
 from mappa_jax.workflows.records import Trajectory
 from mappa_jax.workflows.scripted import ScriptedEngine
@@ -37,9 +38,11 @@ class Example:
 def collect_demonstrations(tasks: Sequence[Task], tokenizer, sandbox, *,
                            mixture: DemoMixture = DemoMixture(), seed: int = 0,
                            config: MathChatConfig = MathChatConfig(),
+                           agents: Mapping[str, AgentConfig] | None = None,
                            max_concurrency: int = 8
                            ) -> tuple[list[Trajectory], dict[str, collections.Counter]]:
-  """Runs the real MathChat workflow over `tasks` with the demonstration policy.
+  """Runs the real MathChat workflow over `tasks` with the demonstration policy (agents:
+  MathChatWorkflow.AGENTS unless given).
 
   Returns:
     (trajectories in task order, {agent: Counter of the behaviours drawn}).
@@ -49,7 +52,7 @@ def collect_demonstrations(tasks: Sequence[Task], tokenizer, sandbox, *,
   with tempfile.TemporaryDirectory(prefix="mappa_demos_") as root:
     workflow = MathChatWorkflow(engine=engine, tokenizer=tokenizer, coach=RuleCoach(),
                                 sandbox=sandbox, sampling=SamplingParams(max_new_tokens=4096),
-                                config=config, workspace_root=root)
+                                config=config, agents=agents, workspace_root=root)
 
     async def run_all() -> list[Trajectory]:
       sem = asyncio.Semaphore(max_concurrency)

@@ -24,7 +24,6 @@ import ml_collections
 import numpy as np
 import optax
 
-from mappa_jax import factory
 from mappa_jax.data import synthetic
 from mappa_jax.models.config import ModelConfig
 from mappa_jax.models.decoder import Decoder
@@ -34,7 +33,7 @@ from mappa_jax.models.tokenizer import Tokenizer
 from mappa_jax.sft import data as sft_data
 from mappa_jax.sft.demos import DemoMixture
 from mappa_jax.tools.sandbox import Sandbox, SandboxLimits
-from mappa_jax.workflows.mathchat import MathChatConfig
+from mappa_jax.workflows.mathchat import MathChatConfig, MathChatWorkflow, budget_text
 
 log = logging.getLogger(__name__)
 
@@ -96,8 +95,12 @@ def _sandbox(cfg: ml_collections.ConfigDict) -> Sandbox:
 
 def _workflow_config(cfg: ml_collections.ConfigDict) -> MathChatConfig:
   # The prompts must read exactly as the local presets render them (the budget line too).
-  return MathChatConfig(executor_max_turns=int(cfg.workflow.executor_max_turns),
-                        token_budget=factory.budget_text(int(cfg.workflow.max_new_tokens)))
+  return MathChatConfig(token_budget=budget_text(int(cfg.workflow.max_new_tokens)))
+
+
+def _agents(cfg: ml_collections.ConfigDict):
+  return MathChatWorkflow.team(
+      code_executor={"max_turns": int(cfg.workflow.executor_max_turns)})
 
 
 def train_tokenizer(cfg: ml_collections.ConfigDict, out_dir: str | os.PathLike) -> Path:
@@ -116,7 +119,8 @@ def train_tokenizer(cfg: ml_collections.ConfigDict, out_dir: str | os.PathLike) 
   try:
     trajs, _ = sft_data.collect_demonstrations(
         tasks, bootstrap, sandbox, mixture=DemoMixture(**cfg.mixture.to_dict()),
-        seed=int(cfg.data.seed), config=_workflow_config(cfg))
+        seed=int(cfg.data.seed), config=_workflow_config(cfg),
+        agents=_agents(cfg))
   finally:
     sandbox.close()
   corpus = []
@@ -142,7 +146,8 @@ def build_examples(cfg: ml_collections.ConfigDict, tokenizer: Tokenizer
   try:
     trajs, counts = sft_data.collect_demonstrations(_tasks(cfg), tokenizer, sandbox, mixture=mix,
                                                     seed=int(cfg.data.seed),
-                                                    config=_workflow_config(cfg))
+                                                    config=_workflow_config(cfg),
+                                                    agents=_agents(cfg))
   finally:
     sandbox.close()
   accuracy = float(np.mean([t.outcome.get("rule_correct", 0.0) for t in trajs]))

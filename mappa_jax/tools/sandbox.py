@@ -44,12 +44,14 @@ import tempfile
 import time
 import weakref
 from pathlib import Path
+from typing import Literal
 
+from mappa_jax.schema import Section, field
 from mappa_jax.tools.isolation import (SANDBOX_UID, RunCgroup, SandboxUnavailable,
                                        bwrap_supports, report_layers, resolve_backend)
 from mappa_jax.tools.workspace import Workspace, changed_files
 
-__all__ = ["ExecResult", "Sandbox", "SandboxLimits", "SandboxUnavailable"]
+__all__ = ["ExecResult", "Sandbox", "SandboxConfig", "SandboxLimits", "SandboxUnavailable"]
 
 log = logging.getLogger(__name__)
 
@@ -92,6 +94,36 @@ class SandboxLimits:
 
   def replace(self, **kw) -> "SandboxLimits":
     return dataclasses.replace(self, **kw)
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class SandboxConfig(Section):
+  """The `sandbox` section: where model-written code runs, and its limits."""
+  backend: Literal["auto", "bwrap", "process"] = field(
+      "auto", "'auto'/'bwrap' (bubblewrap; refuses to run without it) | 'process' (NO "
+      "isolation: needs allow_unisolated)")
+  allow_unisolated: bool = field(False, "accept backend='process' running model-written code "
+                                 "unisolated")
+  timeout_s: float = field(30.0, "REF wall time per code block", check=lambda v: v > 0,
+                           fix="Use > 0.")
+  memory_mb: int = field(4096, "address-space limit (RLIMIT_AS) per process",
+                         check=lambda v: v > 0, fix="Use >= 1.")
+  max_concurrency: int = field(30, "REF simultaneous executions", check=lambda v: v > 0,
+                               fix="Use >= 1.")
+  output_cap_chars: int = field(20000, "stdout/stderr bytes kept per stream (half head, half "
+                                "tail)", check=lambda v: v > 0, fix="Use >= 1.")
+
+  def problems(self) -> list[tuple[str, str]]:
+    if self.backend == "process" and not self.allow_unisolated:  # fail closed: explicit opt-in
+      return [("backend", "= 'process' runs model-written code with NO isolation and needs "
+               "sandbox.allow_unisolated=true (--config.sandbox.allow_unisolated=true) to "
+               "accept that; or use backend='auto'/'bwrap' (`apt-get install bubblewrap`)")]
+    return []
+
+  @property
+  def limits(self) -> SandboxLimits:
+    return SandboxLimits(timeout_s=self.timeout_s, memory_bytes=self.memory_mb << 20,
+                         output_keep_bytes=self.output_cap_chars)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -241,13 +273,11 @@ class Sandbox:
     ws.rmdir()
 
   @classmethod
-  def from_config(cls, cfg) -> "Sandbox":
-    """cfg: ConfigDict with backend, max_concurrency, python (optional) and limit fields."""
-    fields = {f.name for f in dataclasses.fields(SandboxLimits)}
-    lim = SandboxLimits(**{k: cfg[k] for k in fields if k in cfg})
-    return cls(cfg.get("backend", "auto"), lim,
-               allow_unisolated=bool(cfg.get("allow_unisolated", False)),
-               python=cfg.get("python") or None, max_concurrency=cfg.get("max_concurrency", 8))
+  def from_config(cls, cfg: SandboxConfig) -> "Sandbox":
+    """The sandbox of a `sandbox` section. Fails closed: raises SandboxUnavailable when
+    bubblewrap is missing, unless the section chose backend='process' with allow_unisolated."""
+    return cls(cfg.backend, cfg.limits, allow_unisolated=cfg.allow_unisolated,
+               max_concurrency=cfg.max_concurrency)
 
   def _sem(self) -> asyncio.Semaphore:
     loop = asyncio.get_running_loop()

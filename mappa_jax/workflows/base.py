@@ -24,12 +24,15 @@ import dataclasses
 import inspect
 import logging
 import time
-from typing import Any, Awaitable, Callable, Sequence
+from typing import Any, Awaitable, Callable, ClassVar, Mapping
 
 from mappa_jax.coach import requests as coach_requests
 from mappa_jax.coach.types import Coach, CoachFatalError, CoachRequest, CoachResult
 from mappa_jax.rollout import seeds
+from mappa_jax.data.config import DataConfig
+from mappa_jax.data.loaders import Task
 from mappa_jax.rollout.types import RolloutEngine, SamplingParams
+from mappa_jax.schema import Section, field
 from mappa_jax.tools import code_blocks
 from mappa_jax.tools.sandbox import ExecResult, Sandbox
 from mappa_jax.tools.workspace import Workspace
@@ -37,38 +40,43 @@ from mappa_jax.workflows.records import Action, ToolCall, Trajectory
 
 log = logging.getLogger(__name__)
 
+TOOLS = ("python",)
 
-@dataclasses.dataclass(frozen=True)
-class AgentSpec:
-  """One agent of a workflow, as configuration.
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class AgentConfig(Section):
+  """An `agents.<name>` section: one agent of the team (its own weights, prompt and coach role)."""
+  role: str = field("", "role string shown to the coach (reference spelling)", check=bool,
+                    fix="Give the coach's role string.")
+  role_description: str = field("", "one paragraph on what the role must do, for the coach")
+  max_turns: int = field(1, "actions per trajectory at most (an agent acts again only after a "
+                         "tool result)", check=lambda v: v >= 1, fix="Use an integer >= 1.")
+  tools: tuple[str, ...] = field((), "tools the agent may call: () or ('python',)",
+                                 check=lambda v: set(v) <= set(TOOLS),
+                                 fix=f"Allowed tools: {list(TOOLS)}.")
+  sees: tuple[str, ...] = field((), "upstream agents whose outputs are in this agent's prompt")
+  sees_ground_truth_in_coach: bool = field(False, "its coach request carries the label / "
+                                           "outcome metrics")
+
+  def problems(self) -> list[tuple[str, str]]:
+    if self.max_turns > 1 and not self.tools:
+      return [("max_turns", f"= {self.max_turns} has no effect without tools (an agent acts "
+               "again only after a tool result); set it to 1 or give it tools=('python',)")]
+    return []
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class AgentSpec(AgentConfig):
+  """An agent as a workflow runs it: its section plus its name, prompt and tool time limit.
 
   Attributes:
     name: config key and engine agent name ('problem_solver').
-    role: role string shown to the coach ('Problem Solver', 'data_engineer').
-    role_description: one paragraph on what the role must do (for the coach).
     prompt_template: str.format template of the agent's single user message.
-    tools: tool names; ('python',) lets the agent run ```python blocks.
-    max_turns: actions at most (an agent continues while it writes code).
-    sees: upstream agent names whose outputs its prompt receives.
-    sees_ground_truth: its coach request carries the label / outcome metrics.
     tool_timeout_s: sandbox wall-clock limit per code block.
   """
   name: str
-  role: str
-  role_description: str
   prompt_template: str
-  tools: tuple[str, ...] = ()
-  max_turns: int = 1
-  sees: tuple[str, ...] = ()
-  sees_ground_truth: bool = False
   tool_timeout_s: float = 30.0
-
-  def __post_init__(self):
-    if self.max_turns < 1:
-      raise ValueError(f"agent {self.name!r}: max_turns must be >= 1, got {self.max_turns}")
-    unknown = set(self.tools) - {"python"}
-    if unknown:
-      raise ValueError(f"agent {self.name!r}: unknown tools {sorted(unknown)} (known: 'python')")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -89,56 +97,6 @@ class LoopOptions:
   keep_workspace: bool = False
 
 
-def dataclass_from_config(cls, cfg):
-  """Builds a frozen config dataclass from a ConfigDict/dict section (unknown keys rejected)."""
-  names = {f.name for f in dataclasses.fields(cls)}
-  unknown = set(cfg.keys()) - names
-  if unknown:
-    raise ValueError(f"{cls.__name__}: unknown config field(s) {sorted(unknown)}; "
-                     f"known: {sorted(names)}")
-  return cls(**{k: cfg[k] for k in cfg.keys()})
-
-
-# Config `agents.<name>` fields -> AgentSpec fields (fetch_files has no use: the workspace
-# persists, nothing is fetched).
-_AGENT_CONFIG_FIELDS = {"role": "role", "role_description": "role_description", "tools": "tools",
-                        "max_turns": "max_turns", "sees": "sees",
-                        "sees_ground_truth_in_coach": "sees_ground_truth"}
-
-
-def agents_from_config(defaults: Sequence[AgentSpec], section) -> tuple[AgentSpec, ...]:
-  """A workflow's default agents with the config's `agents` section laid over them.
-
-  Args:
-    defaults: the workflow's agents (e.g. mathchat_agents(cfg)); they keep their prompts.
-    section: ConfigDict/dict {agent name: {role, role_description, tools, max_turns, sees,
-      sees_ground_truth_in_coach, fetch_files}}; missing fields keep the default.
-  """
-  names = [a.name for a in defaults]
-  unknown = set(section.keys()) - set(names)
-  if unknown:
-    raise ValueError(f"agents: unknown agent(s) {sorted(unknown)} for this workflow; "
-                     f"known: {names}")
-  out = []
-  for spec in defaults:
-    cfg = section[spec.name] if spec.name in section else {}
-    changes = {dst: cfg[src] for src, dst in _AGENT_CONFIG_FIELDS.items() if src in cfg}
-    for key in ("tools", "sees"):
-      if key in changes:
-        changes[key] = tuple(changes[key])
-    out.append(dataclasses.replace(spec, **changes))
-  return tuple(out)
-
-
-def check_agents(workflow: str, agents: Sequence[AgentSpec], expected: Sequence[str]
-                 ) -> dict[str, AgentSpec]:
-  """{name: spec} after checking that `agents` are exactly the workflow's agents."""
-  got = [a.name for a in agents]
-  if sorted(got) != sorted(expected):
-    raise ValueError(f"{workflow}: agents must be exactly {list(expected)}, got {got}")
-  return {a.name: a for a in agents}
-
-
 @dataclasses.dataclass
 class AgentRun:
   """What one agent did: its actions and its last tool output (for hand-offs).
@@ -156,12 +114,40 @@ class AgentRun:
 
 
 class Workflow:
-  """Shared machinery: the action loop, sandbox runs, coach tasks, hand-off text."""
-  name = "base"
+  """A team's workflow: its declaration (what the trainer and the config need to know of it)
+  and the shared machinery (the action loop, sandbox runs, coach tasks, hand-off text).
+
+  A subclass declares, once:
+    name: the config's `workflow` value (`workflows.register` makes it known).
+    AGENTS: {agent: AgentConfig}, the default team in execution order (the `agents` section).
+    PROMPTS: {agent: prompt template} (str.format; fields are the workflow's business).
+    DATA: the `data` section's class (DataConfig or a subclass with the loader's own fields).
+    OUTCOME_KEYS: trajectory.outcome keys averaged into rollout/<key> (the first is shown in
+      the step's log line).
+    REWARD_OUTCOME_KEY: the outcome rl.advantage_estimator='outcome' rewards (in [0, 1]).
+    EVAL_KIND: how eval sets are graded (a key of eval.runner.EVAL_KINDS).
+    EVAL_HEADLINE: (summary key, unit) logged after each evaluation.
+    SYNTHETIC_SET: the eval set name of data.source='synthetic'.
+  and implements `load_tasks(exp, workdir)` and `async run(task, sample_index)`; `settings(exp)`
+  gives its constructor arguments beyond the common ones.
+  """
+  name: ClassVar[str] = "base"
+  AGENTS: ClassVar[dict[str, AgentConfig]] = {}
+  PROMPTS: ClassVar[dict[str, str]] = {}
+  DATA: ClassVar[type[DataConfig]] = DataConfig
+  OUTCOME_KEYS: ClassVar[tuple[str, ...]] = ()
+  REWARD_OUTCOME_KEY: ClassVar[str] = ""
+  EVAL_KIND: ClassVar[str] = "math"
+  EVAL_HEADLINE: ClassVar[tuple[str, str]] = ("rule_accuracy", "problems")
+  SYNTHETIC_SET: ClassVar[str] = "synthetic"
 
   def __init__(self, *, engine: RolloutEngine, tokenizer, coach: Coach, sandbox: Sandbox | None,
                sampling: SamplingParams | dict[str, SamplingParams],
-               options: LoopOptions = LoopOptions(), workspace_root: str | None = None):
+               options: LoopOptions = LoopOptions(), workspace_root: str | None = None,
+               agents: Mapping[str, AgentConfig] | None = None, tool_timeout_s: float = 30.0):
+    """agents: the team's sections (default: AGENTS), e.g. a config's `agents`;
+    tool_timeout_s: the sandbox limit per code block of every agent with tools."""
+    self.agents = self.specs(agents, tool_timeout_s=tool_timeout_s)
     self.engine = engine
     self.tokenizer = tokenizer
     self.coach = coach
@@ -174,6 +160,45 @@ class Workflow:
     # latency). The Trainer sets it per step and per evaluation; None: the engine chooses.
     self.seed_base: int | None = None
     self._eos = set(tokenizer.eos_token_ids)
+
+  # -- declaration --------------------------------------------------------------------------------
+
+  @classmethod
+  def specs(cls, agents: Mapping[str, AgentConfig] | None = None, *,
+            tool_timeout_s: float = 30.0) -> dict[str, AgentSpec]:
+    """{name: AgentSpec} in execution order: each agent's section with its prompt."""
+    agents = cls.AGENTS if agents is None else agents
+    if sorted(agents) != sorted(cls.AGENTS):
+      raise ValueError(f"{cls.name}: agents must be exactly {list(cls.AGENTS)}, got "
+                       f"{sorted(agents)}")
+    return {name: AgentSpec(name=name, prompt_template=cls.PROMPTS[name],
+                            tool_timeout_s=tool_timeout_s, **dataclasses.asdict(agents[name]))
+            for name in cls.AGENTS}
+
+  @classmethod
+  def team(cls, **changes: Mapping[str, Any]) -> dict[str, AgentConfig]:
+    """AGENTS with some fields changed, e.g. team(code_executor={'max_turns': 3})."""
+    return {name: dataclasses.replace(agent, **changes.get(name, {}))
+            for name, agent in cls.AGENTS.items()}
+
+  @classmethod
+  def load_tasks(cls, exp, workdir: str) -> tuple[list[Task], dict[str, list[Task]]]:
+    """-> (train tasks, {eval set name: tasks}) of an experiment (mappa_jax.config.Experiment)."""
+    raise NotImplementedError(f"{cls.__name__}.load_tasks")
+
+  @classmethod
+  def settings(cls, exp) -> dict[str, Any]:
+    """Constructor arguments of this workflow taken from an experiment, beyond the common ones."""
+    return {"options": LoopOptions(reference_context_bug=exp.rl.reference_context_bug)}
+
+  @classmethod
+  def from_config(cls, exp, *, engine: RolloutEngine, tokenizer, coach: Coach,
+                  sandbox: Sandbox | None, workspace_root: str, evaluation: bool = False
+                  ) -> "Workflow":
+    """The workflow of an experiment, bound to its engine, coach and sandbox."""
+    return cls(engine=engine, tokenizer=tokenizer, coach=coach, sandbox=sandbox,
+               sampling=exp.rollout.sampling(cls.AGENTS, evaluation=evaluation),
+               workspace_root=workspace_root, agents=exp.agents, **cls.settings(exp))
 
   # -- hand-offs --------------------------------------------------------------------------------
 

@@ -13,14 +13,24 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import json
 import logging
 import math
-from typing import Any, Sequence
+import os
+from pathlib import Path
+from typing import Any
 
+from mappa_jax import workflows
 from mappa_jax.coach.types import CoachRequest
+from mappa_jax.data import config as data_config
+from mappa_jax.data import dsbench as ds
+from mappa_jax.data import dsbench_suite
+from mappa_jax.data.config import DataConfig
+from mappa_jax.data.loaders import Task
+from mappa_jax.schema import field
 from mappa_jax.tools.workspace import Workspace
 from mappa_jax.workflows import prompts
-from mappa_jax.workflows.base import AgentSpec, LoopOptions, Workflow, check_agents
+from mappa_jax.workflows.base import AgentConfig, AgentSpec, LoopOptions, Workflow
 from mappa_jax.workflows.records import Action, Trajectory
 
 log = logging.getLogger(__name__)
@@ -35,27 +45,24 @@ ORDER = ("data_engineer", "modeler", "analyst")
 
 @dataclasses.dataclass(frozen=True)
 class DSBenchConfig:
-  """DSBench settings.
+  """DSBench settings beyond its agents.
 
   Attributes:
-    max_turns: turns per agent (reference 4).
-    tool_timeout_s: sandbox limit per code block (reference 60 s).
+    tool_timeout_s: sandbox limit per code block (reference 60 s; sandbox.timeout_s).
     baseline_from_train: score_submission's baseline is fit on train.csv.
   """
-  max_turns: int = 4
   tool_timeout_s: float = 60.0
   baseline_from_train: bool = True
 
 
-def dsbench_agents(cfg: DSBenchConfig = DSBenchConfig()) -> tuple[AgentSpec, ...]:
-  d = prompts.DS_ROLE_DESCRIPTIONS
-  templates = {"data_engineer": prompts.DS_DATA_ENGINEER, "modeler": prompts.DS_MODELER,
-               "analyst": prompts.DS_ANALYST}
-  sees = {"data_engineer": (), "modeler": ("data_engineer",),
-          "analyst": ("data_engineer", "modeler")}
-  return tuple(AgentSpec(n, n, d[n], templates[n], tools=("python",), max_turns=cfg.max_turns,
-                         sees=sees[n], sees_ground_truth=(n == "analyst"),
-                         tool_timeout_s=cfg.tool_timeout_s) for n in ORDER)
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class DSBenchDataConfig(DataConfig):
+  """The `data` section of DSBench: the common fields plus the DSBench release's files."""
+  dsbench_root: str = field("", "DSBench data root holding data_resplit/<task>/{train,test}.csv "
+                            "and answers/<task>/ (the public release; not shipped); '' = the "
+                            "directory of the first train file")
+  cleaned_prompts_file: str = field("", "REF task_id -> cleaned description, metric, target "
+                                    "and id columns ('' = none)")
 
 
 def required_through(agent: str) -> tuple[str, ...]:
@@ -84,17 +91,72 @@ def metrics_text(m: dict[str, Any]) -> str:
           f"normalized gain {m.get('normalized_gain', 0.0):.3g}.")
 
 
+@workflows.register
 class DSBenchWorkflow(Workflow):
   """Runs one DSBench task (data.loaders.Task with DSBench metadata) through the pipeline."""
   name = "dsbench"
+  AGENTS = {
+      "data_engineer": AgentConfig(
+          role="data_engineer", max_turns=4, tools=("python",),  # REF
+          role_description=("Loads train.csv/test.csv, explores and preprocesses them, and "
+                            "saves X_train.pkl, y_train.pkl and X_test.pkl.")),
+      "modeler": AgentConfig(
+          role="modeler", max_turns=4, tools=("python",), sees=("data_engineer",),  # REF
+          role_description=("Loads the Data Engineer's arrays, selects and cross-validates a "
+                            "model, and saves model.pkl.")),
+      "analyst": AgentConfig(
+          role="analyst", max_turns=4, tools=("python",), sees=("data_engineer", "modeler"),
+          sees_ground_truth_in_coach=True,  # REF: the coach gets the outcome metrics
+          role_description=("Loads the model and X_test.pkl, predicts, and writes "
+                            "submission.csv in the competition format.")),
+  }
+  PROMPTS = {"data_engineer": prompts.DS_DATA_ENGINEER, "modeler": prompts.DS_MODELER,
+             "analyst": prompts.DS_ANALYST}
+  DATA = DSBenchDataConfig
+  # Submission validity and the metric's gain over the trivial baseline (in [0, 1]).
+  OUTCOME_KEYS = ("valid", "normalized_gain")
+  REWARD_OUTCOME_KEY = "normalized_gain"
+  EVAL_KIND = "dsbench"
+  EVAL_HEADLINE = ("success_rate", "tasks")
+  SYNTHETIC_SET = "suite"
 
   def __init__(self, *, config: DSBenchConfig = DSBenchConfig(),
-               options: LoopOptions = LoopOptions(strip_thinking_handoff=True),
-               agents: Sequence[AgentSpec] | None = None, **kw):
-    """agents: overrides dsbench_agents(config), e.g. base.agents_from_config(...)."""
-    super().__init__(options=options, **kw)
+               options: LoopOptions = LoopOptions(strip_thinking_handoff=True), **kw):
+    super().__init__(options=options, tool_timeout_s=config.tool_timeout_s, **kw)
     self.config = config
-    self.agents = check_agents(self.name, agents or dsbench_agents(config), ORDER)
+
+  @classmethod
+  def load_tasks(cls, exp, workdir: str) -> tuple[list[Task], dict[str, list[Task]]]:
+    """Synthetic: the offline suite, built deterministically under <workdir>/dsbench_suite (once
+    per workdir). Files: DSBench records whose CSVs live under data.dsbench_root."""
+    data = exp.data
+    if data.source == "synthetic":
+      root = os.path.join(workdir, "dsbench_suite")
+      manifest = os.path.join(root, "manifest.json")
+      if os.path.exists(manifest):  # built by an earlier run of this workdir (deterministic)
+        with open(manifest, encoding="utf-8") as f:
+          info = json.load(f)
+      else:
+        info = dsbench_suite.build(root)
+      tasks = ds.load_dsbench_tasks(root, info["tasks_file"])
+      eval_ids = set(info.get("eval_task_ids", ()))
+      train = [t for t in tasks if t.task_id not in eval_ids][:data.synthetic.n_train]
+      evals = [t for t in tasks if t.task_id in eval_ids][:data.synthetic.n_eval]
+      return data_config.split(train, {cls.SYNTHETIC_SET: evals}, data, exp.eval.sets)
+    root = data.dsbench_root or os.path.dirname(os.path.abspath(data.train_files[0]))
+
+    def load(path):
+      return ds.load_dsbench_tasks(root, path, cleaned_prompts=data.cleaned_prompts_file or None)
+
+    train = [t for path in data.train_files for t in load(path)]
+    evals = {Path(p).stem: load(p) for p in data.eval_files}
+    return data_config.split(train, evals, data, exp.eval.sets)
+
+  @classmethod
+  def settings(cls, exp) -> dict[str, Any]:
+    return {"config": DSBenchConfig(tool_timeout_s=exp.sandbox.timeout_s),
+            "options": LoopOptions(reference_context_bug=exp.rl.reference_context_bug,
+                                   strip_thinking_handoff=True)}
 
   async def run(self, task, sample_index: int = 0) -> Trajectory:
     meta = task.metadata
@@ -165,7 +227,7 @@ class DSBenchWorkflow(Workflow):
                          metric_value=m.get("value"), baseline_value=m.get("baseline_value"),
                          higher_is_better=m.get("higher_is_better"))
           traj.metadata["_metrics"] = dict(m)  # the last scored submission wins
-          ground_truth = metrics_text(m) if spec.sees_ground_truth else None
+          ground_truth = metrics_text(m) if spec.sees_ground_truth_in_coach else None
       obs = action.tool_observation
       return CoachRequest(
           workflow=self.name, role=spec.role, role_description=spec.role_description,
@@ -188,7 +250,6 @@ class DSBenchWorkflow(Workflow):
       return {"valid": False, "error": "no submission.csv in the workspace",
               "metric": meta["metric"], "value": float("nan"), "baseline_value": float("nan"),
               "higher_is_better": meta.get("higher_is_better")}
-    from mappa_jax.data import dsbench as ds  # pylint: disable=g-import-not-at-top
     try:
       return ds.score_submission(
           ws.path / "submission.csv", meta["answer_file"], metric=meta["metric"],

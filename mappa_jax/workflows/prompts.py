@@ -32,11 +32,6 @@ MATH_VERIFIER = (
 
 MATH_VERIFIER_SOLVER_SECTION = "## Input from Problem Solver\n{solver_output}\n\n"
 
-MATH_ROLE_DESCRIPTIONS = {
-    "problem_solver": "Drafts a complete solution to the math problem for the next agents.",
-    "code_executor": "Uses Python code to compute or verify the solution and reports the result.",
-    "verifier": "Checks the earlier work and states the team's final answer in \\boxed{}.",
-}
 
 # ----------------------------------------------------------------------------------- DSBench
 
@@ -86,11 +81,3 @@ DS_MISSING_WARNING = ("\n**WARNING: the working directory has no {what} file. Ea
 
 DS_ROLE_TITLES = {"data_engineer": "Data Engineer", "modeler": "Modeler", "analyst": "Analyst"}
 
-DS_ROLE_DESCRIPTIONS = {
-    "data_engineer": ("Loads and explores the data, preprocesses it without leakage and saves "
-                      "X_train.pkl, y_train.pkl and X_test.pkl for the Modeler."),
-    "modeler": ("Trains and validates a model on the Data Engineer's features and saves "
-                "model.pkl."),
-    "analyst": ("Predicts the test set with the saved model and writes a well-formed "
-                "submission.csv."),
-}

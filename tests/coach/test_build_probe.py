@@ -4,24 +4,28 @@ import os
 import subprocess
 import sys
 
-import ml_collections
+import dataclasses
+
 import pytest
 
-from mappa_jax.coach import CONFIG_FIELDS, build_coach, build_stats
+from mappa_jax import config as mconfig
+from mappa_jax.coach.config import KINDS, CoachConfig, CoachPrices, build_coach, build_stats
+from mappa_jax.coach.types import Coach
 from mappa_jax.coach.openai_coach import OpenAICoach
 from mappa_jax.coach.panel import PanelCoach
 from mappa_jax.coach.rule_coach import RuleCoach
 from tests.coach.conftest import make_request
+from mappa_jax.schema import ConfigError, docs, from_configdict, to_configdict
 from tests.coach.openai_test_server import answer
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+MATHCHAT = os.path.join(ROOT, "experiments", "mathchat.py")
 
 
-def project_section(**overrides) -> ml_collections.ConfigDict:
-  from experiments import common
-  section = common.coach_section("local", paper_model="judge")
-  section.update(overrides)
-  return section
+def project_section(**overrides) -> CoachConfig:
+  """The coach section of the local MathChat preset, with some fields changed."""
+  section = mconfig.experiment(mconfig.load_config(MATHCHAT)).coach
+  return dataclasses.replace(section, **overrides)
 
 
 def test_build_from_project_sections(tmp_path):
@@ -29,30 +33,32 @@ def test_build_from_project_sections(tmp_path):
   section = project_section(kind="openai", model="judge", base_url="http://127.0.0.1:1/v1",
                             rpm_limit=120, max_output_tokens=256)
   coach = build_coach(section, workdir=str(tmp_path))
-  assert isinstance(coach, OpenAICoach)
-  assert coach.config.rpm == 120 and coach.config.max_tokens == 256
-  assert coach.config.limits.obs_head_chars == section.tool_observation_head_chars
-  assert coach.config.breaker_threshold == section.circuit_breaker_failures
+  assert isinstance(coach, OpenAICoach) and coach.config is section  # the section, as it is
+  assert coach.config.render_limits.obs_head_chars == section.tool_observation_head_chars
+  assert coach.config.decoding() == {"temperature": 0.0, "max_tokens": 256}
   assert coach.cache.path == str(tmp_path / "coach_cache.sqlite")
   panel = build_coach(project_section(kind="panel", base_url="http://127.0.0.1:1/v1",
                                       panel_models=("a", "b")))
   assert isinstance(panel, PanelCoach) and [m.config.model for m in panel.members] == ["a", "b"]
-  from mappa_jax.coach.types import Coach
   assert all(isinstance(c, Coach) for c in (coach, panel, build_coach(project_section())))
-  stats = build_stats(project_section(prices={"input_per_mtok": 1.5, "output_per_mtok": 6.0}))
+  stats = build_stats(project_section(prices=CoachPrices(input_per_mtok=1.5,
+                                                         output_per_mtok=6.0)))
   assert stats.default_price == (1.5, 6.0)
 
 
-def test_build_errors_name_the_field():
-  with pytest.raises(ValueError, match="unknown field.*'max_retry'"):
-    build_coach({"kind": "rule", "max_retry": 3})
-  with pytest.raises(ValueError, match="coach.base_url"):
-    build_coach({"kind": "openai", "model": "m"})
-  with pytest.raises(ValueError, match="coach.cache_path"):
-    build_coach({"kind": "replay", "model": "m"})
-  with pytest.raises(ValueError, match="coach.kind"):
-    build_coach({"kind": "oracle"})
-  assert all(isinstance(doc, str) and doc for _, doc in CONFIG_FIELDS.values())
+def test_coach_section_errors_name_the_field():
+  for changes, field in (({"kind": "openai", "model": "m"}, "base_url"),
+                         ({"kind": "replay", "model": "m"}, "cache_path"),
+                         ({"kind": "oracle"}, "kind"), ({"max_retries": -1}, "max_retries")):
+    with pytest.raises(ConfigError, match=f"{field}: "):
+      CoachConfig(**changes)
+  with pytest.raises(ConfigError, match="unknown field.*'coach.max_retries'"):
+    from_configdict(CoachConfig, {**to_configdict(CoachConfig()).to_dict(), "max_retry": 3},
+                    "coach")
+  with pytest.raises(ValueError, match="coach.model"):  # the builder names what is missing too
+    build_coach(dataclasses.replace(CoachConfig(), kind="replay", cache_path="/tmp/x.sqlite"))
+  assert all(doc for doc in docs(CoachConfig).values())
+  assert set(KINDS) == {"rule", "openai", "panel", "replay"}
 
 
 def test_built_openai_coach_scores_over_http(server, monkeypatch):

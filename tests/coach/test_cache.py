@@ -7,7 +7,8 @@ import threading
 import pytest
 
 from mappa_jax.coach.cache import CachedVerdict, CoachCache, CoachCacheMissError, cache_key
-from mappa_jax.coach.openai_coach import OpenAICoach, OpenAICoachConfig
+from mappa_jax.coach.config import CoachConfig
+from mappa_jax.coach.openai_coach import OpenAICoach
 from tests.coach.conftest import make_request
 from tests.coach.openai_test_server import answer
 
@@ -84,8 +85,8 @@ def test_cache_hits_and_replay_are_identical(server, tmp_path, monkeypatch):
       f"Looks fine.\nPROCESS_SCORE: {len(body['messages'][0]['content']) % 11}\n"
       "ANSWER_CORRECT: 1")
   cache = CoachCache(str(tmp_path / "c.sqlite"))
-  cfg = OpenAICoachConfig(base_url=server.base_url, model="judge", api_key_env="K",
-                          backoff_base_s=0.01)
+  cfg = CoachConfig(kind="openai", base_url=server.base_url, model="judge", api_key_env="K",
+                    backoff_base_s=0.01)
   reqs = [make_request(output=f"\\boxed{{{i}}}" + "x" * i) for i in range(6)]
   reqs += [make_request(role="Problem Solver", output="\\boxed{3}")]
 
@@ -102,8 +103,8 @@ def test_cache_hits_and_replay_are_identical(server, tmp_path, monkeypatch):
   # Replay: a different process/coach with no endpoint and no key reproduces every verdict.
   monkeypatch.delenv("K")
   server.stop()
-  replay_cfg = OpenAICoachConfig(base_url="http://127.0.0.1:9/v1", model="judge",
-                                 api_key_env="K")
+  replay_cfg = CoachConfig(kind="openai", base_url="http://127.0.0.1:9/v1", model="judge",
+                           api_key_env="K")
   replayed = asyncio.run(run(OpenAICoach(replay_cfg, cache=CoachCache(cache.path), replay=True)))
   fields = ("status", "score", "answer_correct", "reason", "rationale", "template_hash",
             "cache_key", "raw_response")
@@ -132,26 +133,28 @@ def test_a_coach_is_its_model_not_its_url(tmp_path, monkeypatch):
       await coach.aclose()
 
   with OpenAITestServer() as first, OpenAITestServer() as elsewhere:
-    live = asyncio.run(run(OpenAICoach(OpenAICoachConfig(
-        base_url=first.base_url, model="judge", api_key_env="K"), cache=cache)))
-    moved = asyncio.run(run(OpenAICoach(OpenAICoachConfig(
-        base_url=elsewhere.base_url, model="judge", api_key_env="K"), cache=cache)))
+    live = asyncio.run(run(OpenAICoach(CoachConfig(
+        kind="openai", base_url=first.base_url, model="judge", api_key_env="K"), cache=cache)))
+    moved = asyncio.run(run(OpenAICoach(CoachConfig(
+        kind="openai", base_url=elsewhere.base_url, model="judge", api_key_env="K"),
+        cache=cache)))
     assert all(r.cached for r in moved) and not elsewhere.requests
     assert [r.cache_key for r in moved] == [r.cache_key for r in live]
-    other_model = asyncio.run(run(OpenAICoach(OpenAICoachConfig(
-        base_url=elsewhere.base_url, model="judge-2", api_key_env="K"), cache=cache)))
+    other_model = asyncio.run(run(OpenAICoach(CoachConfig(
+        kind="openai", base_url=elsewhere.base_url, model="judge-2", api_key_env="K"),
+        cache=cache)))
     assert not any(r.cached for r in other_model) and len(elsewhere.requests) == len(reqs)
   # Replay at a third (dead) address answers from the same rows.
-  replay = OpenAICoach(OpenAICoachConfig(base_url="http://127.0.0.1:9/v1", model="judge",
-                                         api_key_env=""), cache=cache, replay=True)
+  replay = OpenAICoach(CoachConfig(kind="openai", base_url="http://127.0.0.1:9/v1",
+                                   model="judge", api_key_env=""), cache=cache, replay=True)
   assert [r.score for r in asyncio.run(run(replay))] == [r.score for r in live]
 
 
 def test_temperature_samples_are_keyed_by_sample_index(server, tmp_path, monkeypatch):
   monkeypatch.setenv("K", "secret")
   cache = CoachCache(str(tmp_path / "c.sqlite"))
-  cfg = OpenAICoachConfig(base_url=server.base_url, model="judge", api_key_env="K",
-                          temperature=0.7)
+  cfg = CoachConfig(kind="openai", base_url=server.base_url, model="judge", api_key_env="K",
+                    temperature=0.7)
   server.push(answer("PROCESS_SCORE: 2\nANSWER_CORRECT: 0"),
               answer("PROCESS_SCORE: 8\nANSWER_CORRECT: 1"))
   coach = OpenAICoach(cfg, cache=cache)

@@ -6,8 +6,8 @@ import time
 import pytest
 
 from mappa_jax.coach import rubrics
-from mappa_jax.coach.openai_coach import (CoachConfigError, CoachUnavailableError, OpenAICoach,
-                                          OpenAICoachConfig)
+from mappa_jax.coach.config import CoachConfig
+from mappa_jax.coach.openai_coach import CoachConfigError, CoachUnavailableError, OpenAICoach
 from tests.coach.conftest import make_request
 from tests.coach.openai_test_server import answer, drop, hang, prompt_of, status
 
@@ -23,9 +23,9 @@ def _api_key(monkeypatch):
 def make_coach(server, **kw) -> OpenAICoach:
   fast = dict(base_url=server.base_url, model="judge-1", api_key_env=KEY_ENV, timeout_s=5.0,
               max_retries=3, backoff_base_s=0.01, backoff_max_s=0.05, retry_after_max_s=1.0,
-              breaker_threshold=50)
+              circuit_breaker_failures=50)
   fast.update(kw)
-  return OpenAICoach(OpenAICoachConfig(**fast))
+  return OpenAICoach(CoachConfig(kind="openai", **fast))
 
 
 def score(coach, request):
@@ -93,7 +93,8 @@ def test_missing_answer_correct_is_filled_by_reask(server):
 def test_answer_correct_not_requested_for_roles_without_ground_truth(server):
   server.push(answer("PROCESS_SCORE: 5"))
   req = make_request(role="Problem Solver", ground_truth="42")
-  coach = make_coach(server)
+  # coach.ground_truth_roles: only these roles may see a label the workflow sent anyway.
+  coach = make_coach(server, ground_truth_roles=("verifier", "analyst"))
   result = score(coach, req)
   assert result.is_scored and not result.reasked and result.answer_correct is None
   prompt = prompt_of(server.requests[0]["body"])
@@ -103,7 +104,7 @@ def test_answer_correct_not_requested_for_roles_without_ground_truth(server):
 
 def test_reask_disabled_gives_invalid(server):
   server.push(answer("no verdict here"))
-  result = score(make_coach(server, reask=False), make_request())
+  result = score(make_coach(server, format_retry=False), make_request())
   assert result.status == "invalid" and len(server.requests) == 1
 
 
@@ -175,7 +176,7 @@ def test_auth_error_and_missing_key_fail_loudly(server, monkeypatch):
 
 def test_circuit_breaker_opens_and_stays_open(server):
   server.default = status(500)
-  coach = make_coach(server, max_retries=10, breaker_threshold=4, breaker_min_duration_s=0.0)
+  coach = make_coach(server, max_retries=10, circuit_breaker_failures=4, circuit_breaker_min_s=0.0)
   with pytest.raises(CoachUnavailableError, match="circuit breaker open"):
     score(coach, make_request())
   assert len(server.requests) == 4
@@ -189,7 +190,7 @@ def test_circuit_breaker_opens_and_stays_open(server):
 
 def test_short_failure_burst_does_not_open_the_breaker(server):
   server.default = status(503)
-  coach = make_coach(server, max_retries=3, breaker_threshold=2, breaker_min_duration_s=60.0)
+  coach = make_coach(server, max_retries=3, circuit_breaker_failures=2, circuit_breaker_min_s=60.0)
   result = score(coach, make_request())
   assert result.status == "invalid" and len(server.requests) == 4
   assert coach.breaker.consecutive == 4 and not coach.breaker.is_open
@@ -216,7 +217,7 @@ def test_concurrency_limit_is_respected(server):
 
 def test_rpm_limiter_spaces_request_starts(server):
   server.default = answer("PROCESS_SCORE: 5\nANSWER_CORRECT: 0")
-  coach = make_coach(server, rpm=600.0, rpm_burst=1)  # one start per 0.1 s
+  coach = make_coach(server, rpm_limit=600, rpm_burst=1)  # one start per 0.1 s
 
   async def run():
     reqs = [make_request(output=f"\\boxed{{{i}}}") for i in range(6)]

@@ -3,7 +3,8 @@ import asyncio
 
 import pytest
 
-from mappa_jax.coach.openai_coach import OpenAICoach, OpenAICoachConfig
+from mappa_jax.coach.config import CoachConfig
+from mappa_jax.coach.openai_coach import OpenAICoach
 from mappa_jax.coach.panel import PanelCoach, PanelResult
 from mappa_jax.coach.rule_coach import RuleCoach
 from mappa_jax.coach.stats import CoachStats
@@ -71,10 +72,10 @@ def test_panel_over_two_endpoints_and_stats(monkeypatch, tmp_path):
     return answer("PROCESS_SCORE: 4\nANSWER_CORRECT: 1")
 
   with OpenAITestServer(responder=judge_a) as s1, OpenAITestServer(responder=judge_b) as s2:
-    c1 = OpenAICoach(OpenAICoachConfig(base_url=s1.base_url, model="judge-a", api_key_env="K",
-                                       backoff_base_s=0.01))
-    c2 = OpenAICoach(OpenAICoachConfig(base_url=s2.base_url, model="judge-b", api_key_env="K",
-                                       backoff_base_s=0.01))
+    c1 = OpenAICoach(CoachConfig(kind="openai", base_url=s1.base_url, model="judge-a",
+                                 api_key_env="K", backoff_base_s=0.01))
+    c2 = OpenAICoach(CoachConfig(kind="openai", base_url=s2.base_url, model="judge-b",
+                                 api_key_env="K", backoff_base_s=0.01))
     panel = PanelCoach([c1, c2, RuleCoach()], aggregate="mean")
     stats = CoachStats(price_in_per_m=1.0, price_out_per_m=4.0)
     reqs = [make_request(output="\\boxed{42}", task_type="mul_div"),

@@ -5,7 +5,7 @@ import json
 import numpy as np
 
 from mappa_jax.coach.stats import CoachStats
-from mappa_jax.rl import global_batch
+from mappa_jax import distributed
 from tests.multiprocess_worker import fixed_verdicts
 
 
@@ -36,4 +36,4 @@ def test_state_is_a_copy_and_allgather_json_in_one_process():
   state["problem_solver"]["scores"].append(99.0)
   assert stats.to_scalars()["coach/problem_solver/n"] == 1
   assert stats.to_scalars()["coach/problem_solver/score_mean"] == result.score
-  assert global_batch.allgather_json(stats.state()) == [stats.state()]
+  assert distributed.allgather_json(stats.state()) == [stats.state()]

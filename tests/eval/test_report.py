@@ -301,8 +301,8 @@ def test_trainer_evaluate_writes_dumps_and_report(tmp_path):
                           coach=RecordingCoach(), sandbox=sandbox,
                           sampling=SamplingParams(max_new_tokens=512), config=MathChatConfig())
     fake = SimpleNamespace(
-        config=config, workdir=workdir, eval_sets={"toy": TASKS}, eval_workflow=wf, loop=loop,
-        process_index=0, multihost=False, tokenizer=tok,
+        exp=mconfig.experiment(config), workdir=workdir, eval_sets={"toy": TASKS},
+        eval_workflow=wf, loop=loop, tokenizer=tok,
         writer=SimpleNamespace(scalars=lambda step, s: written.append((step, s))))
     scalars = train.Trainer.evaluate(fake, 3)
   finally:

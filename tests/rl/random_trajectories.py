@@ -1,9 +1,18 @@
 """Small random trajectories of one agent 'a' shared by the RL and global-batch tests:
-7 trajectories over 4 tasks, 1-2 actions each, one truncated and one with an invalid verdict."""
+7 trajectories over 4 tasks, 1-2 actions each, one truncated and one with an invalid verdict;
+and the batch layout settings those tests build batches with."""
 import numpy as np
 
 from mappa_jax.coach.types import CoachResult
+from mappa_jax.rl.config import UpdateConfig
 from mappa_jax.workflows.records import Action, Trajectory
+
+
+def batch_config(token_budget_buckets: tuple[int, ...], samples_per_optimizer_step: int,
+                 **fields) -> UpdateConfig:
+  """Settings for build_train_batch: row lengths, the row multiple, other fields as given."""
+  return UpdateConfig(token_budget_buckets=token_budget_buckets, micro_batch_size=1,
+                      samples_per_optimizer_step=samples_per_optimizer_step, **fields)
 
 
 def random_trajectories(seed: int = 0) -> list[Trajectory]:

@@ -7,19 +7,17 @@ import numpy as np
 import pytest
 
 from mappa_jax.rl import objectives as obj
-from mappa_jax.rl.experience import ExperienceConfig
 from mappa_jax.rl.experience import build_train_batch
 from mappa_jax.rl.update import UpdateConfig
 from mappa_jax.rl.update import advantages
-from tests.rl.random_trajectories import random_trajectories
+from tests.rl.random_trajectories import batch_config, random_trajectories
 
 
 @pytest.fixture(scope="module")
 def batch_and_logprobs():
   trajs = random_trajectories(0)
   rng = np.random.default_rng(1)
-  batch, _ = build_train_batch(trajs, "a", ExperienceConfig(token_buckets=(16,),
-                                                            rows_multiple=4))
+  batch, _ = build_train_batch(trajs, "a", batch_config((16,), 4))
   batch = jax.tree.map(jnp.asarray, batch)
   lp = jnp.asarray(rng.normal(size=batch.tokens.shape) * 0.2, jnp.float32)
   ref = jnp.asarray(rng.normal(size=batch.tokens.shape) * 0.2, jnp.float32)
@@ -28,8 +26,8 @@ def batch_and_logprobs():
 
 @pytest.mark.parametrize("overrides", [
     {}, {"whiten_scope": "per_agent_per_stratum"}, {"whiten_weighting": "action"},
-    {"continue_returns": True, "gamma": 0.95}, {"baseline": "grpo", "whiten_scope": "none"},
-    {"baseline": "reinforce_baseline"}, {"whiten_include_truncated": False},
+    {"return_across_actions": True, "gamma": 0.95}, {"advantage_estimator": "grpo"},
+    {"advantage_estimator": "reinforce_pp_baseline"}, {"whiten_truncated": False},
     {"kl_estimator": "k3"}])
 def test_impls_agree(batch_and_logprobs, overrides):
   batch, lp, ref = batch_and_logprobs

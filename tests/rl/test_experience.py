@@ -3,10 +3,11 @@ import numpy as np
 import pytest
 
 from mappa_jax.coach.types import CoachResult
-from mappa_jax.rl.experience import ExperienceConfig
+from mappa_jax.rl.config import UpdateConfig
 from mappa_jax.rl.experience import build_train_batch
 from mappa_jax.workflows.records import Action
 from mappa_jax.workflows.records import Trajectory
+from tests.rl.random_trajectories import batch_config
 
 
 def _action(agent, turn, p, r, finish="stop", score=5.0, status="scored"):
@@ -29,8 +30,8 @@ def _trajs():
 
 
 def test_padded_batch_alignment_and_flags():
-  batch, stats = build_train_batch(_trajs(), "solver", ExperienceConfig(
-      token_buckets=(8, 16), rows_multiple=3, reward_scale=0.1))
+  batch, stats = build_train_batch(_trajs(), "solver",
+                                   batch_config((8, 16), 3, reward_scale=0.1))
   assert batch.tokens.shape == (6, 16) and batch.num_actions == 6
   # Row 0: prompt [1,2,3] + response [4,5]; targets are tokens shifted left.
   np.testing.assert_array_equal(batch.tokens[0, :5], [1, 2, 3, 4, 5])
@@ -55,8 +56,7 @@ def test_padded_batch_alignment_and_flags():
 
 def test_left_truncation_keeps_the_generation_end_and_counts():
   trajs = [Trajectory("t", 0, "x", actions=[_action("a", 0, list(range(100, 120)), [1, 2, 3])])]
-  batch, stats = build_train_batch(trajs, "a", ExperienceConfig(token_buckets=(8,),
-                                                                 rows_multiple=1))
+  batch, stats = build_train_batch(trajs, "a", batch_config((8,), 1))
   np.testing.assert_array_equal(batch.tokens[0], [115, 116, 117, 118, 119, 1, 2, 3])
   np.testing.assert_array_equal(batch.targets[batch.action_ids == 0], [1, 2, 3])
   assert stats["left_truncated"] == 1 and stats["prompt_tokens_dropped"] == 15
@@ -64,8 +64,8 @@ def test_left_truncation_keeps_the_generation_end_and_counts():
 
 
 def test_packing_keeps_every_action():
-  batch, stats = build_train_batch(_trajs(), "solver", ExperienceConfig(
-      token_buckets=(16,), rows_multiple=2, pack=True))
+  batch, stats = build_train_batch(_trajs(), "solver",
+                                   batch_config((16,), 2, pack_sequences=True))
   assert batch.tokens.shape[0] == 4 and stats["padded_rows"] == 1  # 3 rows of 16 hold 32 tokens
   for slot, resp in enumerate([[4, 5], [8, 9, 10], [11], [31, 32, 33, 34]]):
     np.testing.assert_array_equal(batch.targets[batch.action_ids == slot], resp)
@@ -77,17 +77,16 @@ def test_packing_keeps_every_action():
 
 
 def test_outcome_rewards_and_bad_input():
-  batch, _ = build_train_batch(_trajs(), "solver", ExperienceConfig(
-      token_buckets=(16,), rows_multiple=4, reward_source="outcome"))
+  batch, _ = build_train_batch(_trajs(), "solver", batch_config(
+      (16,), 4, advantage_estimator="outcome", outcome_scale=1.0))
   np.testing.assert_array_equal(batch.invalid[:4], [True, True, True, False])
   assert batch.rewards[3] == 1.0
   # On the coach's scale (what the trainer uses), then reward_scale, like a coach score.
-  scaled, _ = build_train_batch(_trajs(), "solver", ExperienceConfig(
-      token_buckets=(16,), rows_multiple=4, reward_source="outcome", outcome_scale=10.0,
-      reward_scale=0.1))
+  scaled, _ = build_train_batch(_trajs(), "solver", batch_config(
+      (16,), 4, advantage_estimator="outcome", outcome_scale=10.0, reward_scale=0.1))
   assert scaled.rewards[3] == pytest.approx(1.0 * 10.0 * 0.1)
-  with pytest.raises(ValueError, match="reward_source"):
-    ExperienceConfig(reward_source="both")
+  with pytest.raises(ValueError, match="advantage_estimator"):
+    UpdateConfig(advantage_estimator="both")
   bad = [Trajectory("t", 0, "x", actions=[_action("a", 0, [1], [])])]
   with pytest.raises(ValueError, match="no response tokens"):
     build_train_batch(bad, "a")

@@ -16,7 +16,6 @@ from mappa_jax import sharding as shd
 from mappa_jax.coach.types import CoachResult
 from mappa_jax.models.config import ModelConfig
 from mappa_jax.models.decoder import Decoder
-from mappa_jax.rl.experience import ExperienceConfig
 from mappa_jax.rl.experience import build_train_batch
 from mappa_jax.rl.update import UpdateConfig
 from mappa_jax.rl.update import init_train_state
@@ -24,6 +23,7 @@ from mappa_jax.rl.update import make_update_step
 from mappa_jax.rl import update as upd
 from mappa_jax.workflows.records import Action
 from mappa_jax.workflows.records import Trajectory
+from tests.rl.random_trajectories import batch_config
 
 pytestmark = pytest.mark.slow
 
@@ -42,7 +42,7 @@ CFG = UpdateConfig(learning_rate=1e-2, warmup_ratio=0.0, max_steps=100,
 # fp32 resolution of the params (~1e-7), so a relative tolerance of 1e-3 of the largest update
 # has >= 100x margin over rounding while a real bug (a missing psum, a dropped micro-batch, a
 # leaking mask) changes the update by tens of percent.
-LINEAR = dataclasses.replace(CFG, learning_rate=1.0, adam_eps=1.0)
+LINEAR = dataclasses.replace(CFG, learning_rate=1.0, eps=1.0)
 UPDATE_RTOL = 1e-3
 
 
@@ -92,8 +92,7 @@ def _batch(scored: int = 8):
                     finish_reason="length" if i == 7 else "stop",
                     coach=CoachResult(status="scored", score=score))
     trajs.append(Trajectory(f"t{i // 2}", i % 2, "x", actions=[action]))
-  batch, _ = build_train_batch(trajs, "a", ExperienceConfig(token_buckets=(8,),
-                                                            rows_multiple=4, reward_scale=0.1))
+  batch, _ = build_train_batch(trajs, "a", batch_config((8,), 4, reward_scale=0.1))
   return jax.tree.map(jnp.asarray, batch)
 
 
@@ -190,7 +189,7 @@ def test_lr_schedule_warmup_cosine_floor_and_clamp():
 
 
 def test_config_errors_name_the_field():
-  with pytest.raises(ValueError, match="rl.whiten_scope"):
+  with pytest.raises(ValueError, match="(?s)UpdateConfig.*whiten_scope"):
     UpdateConfig(whiten_scope="global")
   with pytest.raises(ValueError, match="micro_batch_size"):
     UpdateConfig(samples_per_optimizer_step=16, micro_batch_size=3)
@@ -202,8 +201,8 @@ def test_every_option_path_compiles_and_trains(single_device_run):
   params move, and the first step's PPO ratio is exactly 1 (old logprobs = current params)."""
   cfg = dataclasses.replace(
       CFG, kl_placement="loss", kl_estimator="k3", whiten_scope="per_agent_per_stratum",
-      whiten_weighting="action", baseline="reinforce_baseline", continue_returns=True,
-      loss_aggregation="token_mean", dual_clip=3.0, advantage_impl="pallas",
+      whiten_weighting="action", advantage_estimator="reinforce_pp_baseline", return_across_actions=True,
+      loss_agg="token_mean", dual_clip=3.0, advantage_impl="pallas",
       logprob_impl="pallas", samples_per_optimizer_step=8, micro_batch_size=2, shuffle=True)
   graphdef, state, ref = _fresh(cfg)
   before = jax.tree.map(np.asarray, state.params)
@@ -236,8 +235,8 @@ def test_packed_batch_updates_like_the_padded_layout(single_device_run):
                             shuffle=True)
   results = {}
   for pack, bucket in ((False, 8), (True, 16)):
-    batch, stats = build_train_batch(trajs, "a", ExperienceConfig(
-        token_buckets=(bucket,), rows_multiple=8, reward_scale=0.1, pack=pack))
+    batch, stats = build_train_batch(trajs, "a", batch_config(
+        (bucket,), 8, reward_scale=0.1, pack_sequences=pack))
     batch = jax.tree.map(jnp.asarray, batch)
     assert upd._is_packed(batch) == pack
     graphdef, state, ref = _fresh(cfg)
@@ -322,8 +321,8 @@ def test_padding_rows_change_nothing():
   cfg = dataclasses.replace(LINEAR, shuffle=True)
   results = []
   for buckets in ((), (8,)):
-    batch, _ = build_train_batch(trajs, "a", ExperienceConfig(
-        token_buckets=(8,), rows_multiple=4, batch_buckets=buckets, reward_scale=0.1))
+    batch, _ = build_train_batch(trajs, "a", batch_config(
+        (8,), 4, row_buckets=buckets, reward_scale=0.1))
     graphdef, state, ref = _fresh(cfg)
     start = _host(state.params)
     state, metrics = make_update_step(graphdef, cfg)(state, ref, jax.tree.map(jnp.asarray, batch),

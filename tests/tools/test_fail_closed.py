@@ -12,7 +12,6 @@ from pathlib import Path
 import pytest
 
 from mappa_jax import config as mconfig
-from mappa_jax import factory
 from mappa_jax.tools import isolation
 from mappa_jax.tools import sandbox as sbx
 from mappa_jax.tools.workspace import Workspace
@@ -107,17 +106,17 @@ def _sandbox_errors(config) -> str:
 
 
 def test_trainer_sandbox_factory_refuses_without_bwrap(no_bwrap):
-  """The Trainer builds its sandbox with factory.build_sandbox before any rollout."""
+  """The Trainer builds its sandbox from the `sandbox` section before any rollout."""
   config = _config()
   assert _sandbox_errors(config) == ""  # valid: the refusal comes from the missing bubblewrap
   with pytest.raises(sbx.SandboxUnavailable, match="apt-get install bubblewrap"):
-    factory.build_sandbox(config)
+    sbx.Sandbox.from_config(mconfig.experiment(config).sandbox)
 
 
 def test_trainer_sandbox_factory_explicit_unisolated(no_bwrap):
   config = _config(["sandbox.backend=process", "sandbox.allow_unisolated=true"])
   assert _sandbox_errors(config) == ""
-  sb = factory.build_sandbox(config)
+  sb = sbx.Sandbox.from_config(mconfig.experiment(config).sandbox)
   try:
     assert sb.backend == "process"
   finally:
@@ -130,10 +129,12 @@ def test_config_rejects_process_backend_without_opt_in():
 
 
 def test_trainer_construction_stops_before_any_rollout(no_bwrap, monkeypatch, tmp_path):
-  """Trainer construction raises at build_sandbox; no workflow (rollout) is ever built."""
+  """Trainer construction raises at the sandbox; no workflow (rollout) is ever built."""
   from mappa_jax import train
+  from mappa_jax.workflows.mathchat import MathChatWorkflow
   built = []
-  monkeypatch.setattr(factory, "build_workflow", lambda *a, **k: built.append(1))
+  monkeypatch.setattr(MathChatWorkflow, "from_config",
+                      classmethod(lambda cls, *a, **k: built.append(1)))
   # The embedded random tiny model (hf_dir empty): no model assets needed for this check.
   config = _config(["train.num_steps=1", "model.hf_dir="])
   with pytest.raises(sbx.SandboxUnavailable):

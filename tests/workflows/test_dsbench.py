@@ -77,7 +77,7 @@ def run(tokenizer, sandbox, task, tmp_path, save_test=True):
   coach = RecordingCoach()
   wf = DSBenchWorkflow(engine=engine, tokenizer=tokenizer, coach=coach, sandbox=sandbox,
                        sampling=SamplingParams(max_new_tokens=1024),
-                       config=DSBenchConfig(tool_timeout_s=60), workspace_root=str(tmp_path))
+                       config=DSBenchConfig(tool_timeout_s=60.0), workspace_root=str(tmp_path))
   return asyncio.run(wf.run(task)), coach
 
 

@@ -6,8 +6,8 @@ import pytest
 
 from mappa_jax.data.loaders import Task
 from mappa_jax.rollout.types import SamplingParams
-from mappa_jax.workflows.base import LoopOptions, dataclass_from_config
-from mappa_jax.workflows.mathchat import MathChatConfig, MathChatWorkflow, mathchat_agents
+from mappa_jax.workflows.base import LoopOptions
+from mappa_jax.workflows.mathchat import MathChatConfig, MathChatWorkflow
 from mappa_jax.workflows.scripted import ScriptedEngine
 from tests.workflows.conftest import RecordingCoach
 
@@ -20,12 +20,12 @@ SCRIPT = {"problem_solver": [PS], "code_executor": [CE_CODE, CE_DONE], "verifier
 
 
 def make(tokenizer, sandbox, script=SCRIPT, coach=None, config=MathChatConfig(),
-         options=LoopOptions(), delay_s=0.0):
+         options=LoopOptions(), delay_s=0.0, agents=None):
   engine = ScriptedEngine(tokenizer, script, delay_s=delay_s)
   coach = coach or RecordingCoach()
   wf = MathChatWorkflow(engine=engine, tokenizer=tokenizer, coach=coach, sandbox=sandbox,
                         sampling=SamplingParams(max_new_tokens=512), config=config,
-                        options=options)
+                        options=options, agents=agents)
   return wf, engine, coach
 
 
@@ -67,7 +67,8 @@ def test_full_trajectory(tokenizer, sandbox):
 
 
 def test_verifier_can_see_problem_solver(tokenizer, sandbox):
-  wf, _, _ = make(tokenizer, sandbox, config=MathChatConfig(verifier_sees_problem_solver=True))
+  wf, _, _ = make(tokenizer, sandbox, agents=MathChatWorkflow.team(
+      verifier={"sees": ("code_executor", "problem_solver")}))
   traj = asyncio.run(wf.run(TASK))
   ver_prompt = tokenizer.decode(traj.actions_of("verifier")[0].prompt_ids)
   assert "## Input from Problem Solver" in ver_prompt and "Six sevens" in ver_prompt
@@ -169,11 +170,15 @@ def test_empty_action_gets_an_error_turn(tokenizer, sandbox):
   assert "<error>empty action" in tokenizer.decode(ce1.prompt_ids)
 
 
-def test_config_sections():
-  cfg = dataclass_from_config(MathChatConfig, {"executor_max_turns": 3})
-  assert [a.max_turns for a in mathchat_agents(cfg)] == [1, 3, 1]
-  with pytest.raises(ValueError, match="unknown config field"):
-    dataclass_from_config(MathChatConfig, {"executor_turns": 3})
+def test_the_team_is_declared_once():
+  team = MathChatWorkflow.team(code_executor={"max_turns": 3})
+  assert [a.max_turns for a in team.values()] == [1, 3, 1]
+  specs = MathChatWorkflow.specs(team, tool_timeout_s=7.0)
+  assert list(specs) == ["problem_solver", "code_executor", "verifier"]  # execution order
+  assert specs["code_executor"].tool_timeout_s == 7.0
+  assert specs["verifier"].sees_ground_truth_in_coach
+  with pytest.raises(TypeError, match="executor_turns"):
+    MathChatWorkflow.team(code_executor={"executor_turns": 3})
 
 
 def test_special_token_text_printed_by_code_never_becomes_a_control_token(tokenizer, sandbox):
@@ -208,7 +213,8 @@ def test_timed_out_block_is_not_also_counted_as_an_error(tokenizer):
 
 def test_reference_context_bug_third_action_gets_the_tool_chunk(tokenizer, sandbox):
   script = dict(SCRIPT, code_executor=[CE_CODE])  # always writes code: 3 turns
-  wf, _, _ = make(tokenizer, sandbox, script=script, config=MathChatConfig(executor_max_turns=3),
+  three = MathChatWorkflow.team(code_executor={"max_turns": 3})
+  wf, _, _ = make(tokenizer, sandbox, script=script, agents=three,
                   options=LoopOptions(reference_context_bug=True))
   ce0, ce1, ce2 = asyncio.run(wf.run(TASK)).actions_of("code_executor")
   assert ce1.prompt_ids == ce0.response_ids
@@ -217,7 +223,7 @@ def test_reference_context_bug_third_action_gets_the_tool_chunk(tokenizer, sandb
   assert chunk.startswith("\n<|im_start|>user\n<tool_response>\n42\n</tool_response>")
   assert chunk.endswith("<|im_start|>assistant\n<think>\n")
   # without the flag the same run records the full context.
-  wf, _, _ = make(tokenizer, sandbox, script=script, config=MathChatConfig(executor_max_turns=3))
+  wf, _, _ = make(tokenizer, sandbox, script=script, agents=three)
   ce0, ce1, ce2 = asyncio.run(wf.run(TASK)).actions_of("code_executor")
   assert ce2.prompt_ids[:len(ce1.prompt_ids) + len(ce1.response_ids)] == (
       ce1.prompt_ids + ce1.response_ids)
@@ -250,12 +256,9 @@ def test_unbraced_boxed_answer_does_not_swallow_the_end_of_turn_text(tokenizer, 
 
 
 def test_agents_declared_in_config_are_honoured(tokenizer, sandbox):
-  from mappa_jax.workflows.base import agents_from_config
-  section = {"code_executor": {"role_description": "Runs Python.", "max_turns": 1,
-                               "tools": ("python",)},
-             "verifier": {"sees": ("code_executor", "problem_solver"),
-                          "sees_ground_truth_in_coach": False}}
-  agents = agents_from_config(mathchat_agents(), section)
+  agents = MathChatWorkflow.team(
+      code_executor={"role_description": "Runs Python.", "max_turns": 1, "tools": ("python",)},
+      verifier={"sees": ("code_executor", "problem_solver"), "sees_ground_truth_in_coach": False})
   wf, _, coach = make(tokenizer, sandbox)
   wf = MathChatWorkflow(engine=wf.engine, tokenizer=tokenizer, coach=coach, sandbox=sandbox,
                         sampling=SamplingParams(max_new_tokens=512), agents=agents)
@@ -266,11 +269,10 @@ def test_agents_declared_in_config_are_honoured(tokenizer, sandbox):
   assert coach.of("Code Executor")[0].role_description == "Runs Python."
   assert coach.of("Verifier")[0].ground_truth is None
   assert "Six sevens" in tokenizer.decode(traj.actions_of("verifier")[0].prompt_ids)
-  with pytest.raises(ValueError, match="unknown agent"):
-    agents_from_config(mathchat_agents(), {"solver": {}})
   with pytest.raises(ValueError, match="agents must be exactly"):
     MathChatWorkflow(engine=wf.engine, tokenizer=tokenizer, coach=coach, sandbox=sandbox,
-                     sampling=SamplingParams(max_new_tokens=8), agents=agents[:2])
+                     sampling=SamplingParams(max_new_tokens=8),
+                     agents={k: v for k, v in agents.items() if k != "verifier"})
 
 
 def test_truncated_action_is_closed_with_eos_in_the_next_context_only(tokenizer, sandbox):
