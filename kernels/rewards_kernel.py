@@ -1,22 +1,14 @@
-"""One pass over [B, T]: per-token KL, KL-penalised token rewards, return-to-go, and the
-per-row partial sums of the (global) advantage whitening.
+"""Pallas kernel for the per-token KL, KL-penalised token rewards, return-to-go and the
+per-row partial sums of the (global) advantage whitening, in one pass over [B, T].
 
-Layout: `action_ids[b, t]` is the action a response token belongs to (-1 for prompt and padding
-tokens). An action's tokens must be contiguous within a row (true for both the padded layout,
-one action per row, and the packed layout, several actions per row). Returns never flow between
-different ids.
-
-impl='xla' (default): vectorised jnp with a segmented `associative_scan` for the discounted
-reverse cumsum. impl='pallas': one kernel per block of rows that reads logp/ref_logp/ids/rewards
-once, walks T in tiles from the end (within a tile the discounted suffix sum is a [tile, tile]
-masked matmul; a carry links tiles) and writes KL, rewards, returns and the row sums.
-impl='reference': the serial loop in reference.py.
-
-The whitening statistics are returned as per-row (sum w, sum w*G, sum w*(G - row mean)^2); the
-caller combines rows (and devices) with the parallel-variance formula in jnp, so the kernel never
-needs a cross-device reduction. As with the logprob kernel, the Pallas path is tested in
-interpret mode on CPU only; the GPU/TPU lowering is unvalidated (see benchmarks/kernel_bench.py).
-Memory-bound elementwise work like this is fused well by XLA, so impl='xla' is the default.
+One kernel per block of rows reads logp/ref_logp/ids/rewards once, walks T in tiles from the
+end (within a tile the discounted suffix sum is a [tile, tile] masked matmul; a carry links
+tiles) and writes KL, rewards, returns and the row sums. `mappa_jax.rl.objectives.
+kl_rewards_returns(impl='pallas')` calls it; the default impl='xla' and the layout are
+described there, the jnp reference is kernels/reference.py:kl_rewards_returns_reference.
+Tested in interpret mode on CPU only; the GPU/TPU lowering is unvalidated (see
+benchmarks/kernel_bench.py). Memory-bound elementwise work like this is fused well by XLA, so
+impl='xla' is the default.
 """
 from __future__ import annotations
 
@@ -27,57 +19,6 @@ import jax.numpy as jnp
 from jax.experimental import pallas as pl
 
 from mappa_jax.kernels.reference import KL_CLAMP
-from mappa_jax.kernels.reference import kl_estimate_reference
-from mappa_jax.kernels.reference import kl_rewards_returns_reference
-
-Array = jax.Array
-
-IMPLS = ("xla", "pallas", "reference")
-
-
-def kl_estimate(logp: Array, ref_logp: Array, estimator: str = "k1") -> Array:
-  """k1 = log r, k2 = (log r)^2 / 2, k3 = exp(-log r) - 1 + log r with log r = logp - ref_logp;
-  clamped to [-10, 10] (OpenRLHF compute_approx_kl). Shapes: any, float32 out."""
-  return kl_estimate_reference(logp, ref_logp, estimator)
-
-
-def _same_next(action_ids: Array) -> Array:
-  """bool [B, T]: token t+1 belongs to the same action as token t."""
-  nxt = jnp.concatenate([action_ids[:, 1:], jnp.full_like(action_ids[:, :1], -1)], axis=1)
-  return (nxt == action_ids) & (action_ids >= 0)
-
-
-def discounted_returns(rewards: Array, links: Array) -> Array:
-  """G_t = r_t + links_t * G_{t+1} along the last axis (links_t = gamma or 0).
-
-  rewards, links: [B, T] float32. Segmented linear recurrence via associative_scan.
-  """
-  def combine(later, earlier):
-    a_l, b_l = later
-    a_e, b_e = earlier
-    return a_e * a_l, b_e + a_e * b_l
-
-  # associative_scan(reverse=True) folds from the end: fn(accumulated suffix, element).
-  _, g = jax.lax.associative_scan(combine,
-                                  (links, rewards), reverse=True, axis=1)
-  return g
-
-
-def _row_sums(returns: Array, weights: Array) -> Array:
-  n = jnp.sum(weights, axis=1)
-  s = jnp.sum(weights * returns, axis=1)
-  mean = s / jnp.maximum(n, 1e-30)
-  m2 = jnp.sum(weights * (returns - mean[:, None]) ** 2, axis=1)
-  return jnp.stack([n, s, m2], axis=1)
-
-
-def _xla(logp, ref_logp, action_ids, end_reward, weights, beta, gamma, estimator):
-  mask = (action_ids >= 0).astype(jnp.float32)
-  kl = kl_estimate(logp, ref_logp, estimator) * mask
-  reward = (end_reward.astype(jnp.float32) - beta * kl) * mask
-  links = gamma * _same_next(action_ids).astype(jnp.float32)
-  returns = discounted_returns(reward, links) * mask
-  return kl, reward, returns, _row_sums(returns, weights.astype(jnp.float32))
 
 
 def _rewards_kernel(lp_ref, rp_ref, id_ref, er_ref, w_ref, kl_out, r_out, g_out, sums_out, *,
@@ -132,8 +73,9 @@ def _rewards_kernel(lp_ref, rp_ref, id_ref, er_ref, w_ref, kl_out, r_out, g_out,
   sums_out[...] = jnp.stack([n, s, m2], axis=1)
 
 
-def _pallas(logp, ref_logp, action_ids, end_reward, weights, beta, gamma, estimator, block_b,
-            block_t, interpret):
+def kl_rewards_returns_pallas(logp, ref_logp, action_ids, end_reward, weights, beta, gamma,
+                              estimator, block_b, block_t, interpret):
+  """What rl.objectives.kl_rewards_returns computes, as one kernel per block of rows."""
   b, t = logp.shape
   block_t = min(block_t, t)
   pad_b, pad_t = (-b) % block_b, (-t) % block_t
@@ -157,52 +99,3 @@ def _pallas(logp, ref_logp, action_ids, end_reward, weights, beta, gamma, estima
       interpret=interpret,
   )(*args)
   return kl[:b, :t], reward[:b, :t], returns[:b, :t], sums[:b]
-
-
-def kl_rewards_returns(logp: Array, ref_logp: Array, action_ids: Array, end_reward: Array,
-                       weights: Array, *, beta: float, gamma: float = 1.0,
-                       estimator: str = "k1", impl: str = "xla", block_b: int = 8,
-                       block_t: int = 128, interpret: bool | None = None):
-  """Per-token KL, token rewards r_t = R*[t last] - beta*kl_t, returns and whitening sums.
-
-  Args:
-    logp, ref_logp: [B, T] logprobs of each token under the policy and the reference.
-    action_ids: int32 [B, T]; action of each response token, -1 for prompt/padding.
-    end_reward: [B, T]; each action's reward on its last token, 0 elsewhere.
-    weights: [B, T]; whitening weight per token (0 = excluded from the statistics).
-    beta: KL coefficient (0 when the KL is a loss term instead). gamma: discount within an action.
-    estimator: 'k1' | 'k2' | 'k3'.
-    impl: 'xla' | 'pallas' | 'reference'.
-  Returns:
-    kl [B, T], token_rewards [B, T], returns [B, T] (float32, 0 outside responses),
-    row_sums [B, 3] = (sum w, sum w*G, sum w*(G - row_mean)^2).
-  """
-  if impl not in IMPLS:
-    raise ValueError(f"kl_rewards_returns impl must be one of {IMPLS}, got {impl!r}")
-  if estimator not in ("k1", "k2", "k3"):
-    raise ValueError(f"kl estimator must be 'k1', 'k2' or 'k3', got {estimator!r}")
-  if impl == "reference":
-    return kl_rewards_returns_reference(logp, ref_logp, action_ids, end_reward, weights,
-                                        beta=beta, gamma=gamma, estimator=estimator)
-  if impl == "pallas":
-    if interpret is None:
-      interpret = jax.default_backend() == "cpu"
-    return _pallas(logp, ref_logp, action_ids, end_reward, weights, beta, gamma, estimator,
-                   block_b, block_t, interpret)
-  return _xla(logp, ref_logp, action_ids, end_reward, weights, beta, gamma, estimator)
-
-
-def combine_row_sums(row_sums: Array, group: Array | None = None, num_groups: int = 1):
-  """Parallel-variance merge of per-row (n, sum, M2) into per-group (n, mean, var).
-
-  row_sums: [R, 3]; group: int32 [R] in [0, num_groups) (None: one group).
-  Returns n [G], mean [G], population var [G].
-  """
-  if group is None:
-    group = jnp.zeros(row_sums.shape[0], jnp.int32)
-  n_r, s_r, m2_r = row_sums[:, 0], row_sums[:, 1], row_sums[:, 2]
-  n = jax.ops.segment_sum(n_r, group, num_groups)
-  mean = jax.ops.segment_sum(s_r, group, num_groups) / jnp.maximum(n, 1e-30)
-  row_mean = s_r / jnp.maximum(n_r, 1e-30)
-  m2 = jax.ops.segment_sum(m2_r + n_r * (row_mean - mean[group]) ** 2, group, num_groups)
-  return n, mean, m2 / jnp.maximum(n, 1e-30)

@@ -13,6 +13,7 @@ from absl import flags
 
 from mappa_jax import config as mconfig
 from mappa_jax import progress
+from mappa_jax.eval import team
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory (written by launch/run.py).")
 _TASKS = flags.DEFINE_string("tasks", None, "JSON or JSONL file of {prompt, answer} records.")
@@ -29,7 +30,6 @@ def main(argv: list[str]) -> int:
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected positional arguments: {argv[1:]}")
   progress.quiet_library_logs()
-  from mappa_jax.eval import team  # pylint: disable=g-import-not-at-top  (after flag parsing)
   try:
     result = team.evaluate_team(_WORKDIR.value, _TASKS.value, step=_STEP.value, base=_BASE.value,
                                 n_samples=_N_SAMPLES.value, out=_OUT.value)

@@ -18,6 +18,7 @@ import re
 from typing import Any, Mapping
 
 from mappa_jax.eval import metrics
+from mappa_jax.metrics import run_dir
 
 # (summary key, label, number format) of the headline rows, per report kind; coach score rows
 # ('coach_score/<agent>') go between the headline and the team diagnostics.
@@ -179,7 +180,6 @@ def run_summary(workdir: str, *, n_boot: int = 2000, seed: int = 0) -> str:
   Raises:
     FileNotFoundError: the run has no evaluation results.
   """
-  from mappa_jax.metrics import run_dir  # pylint: disable=g-import-not-at-top
   workdir = os.path.abspath(workdir)
   sets = eval_results(workdir)
   if not sets:

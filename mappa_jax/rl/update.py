@@ -29,7 +29,7 @@ import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
 import optax
 
-from mappa_jax.kernels.token_logprobs import token_logprobs
+from mappa_jax.rl.logprobs import token_logprobs
 from mappa_jax.rl import objectives as obj
 from mappa_jax.rl.config import UpdateConfig
 from mappa_jax.rl.experience import TrainBatch

@@ -28,6 +28,7 @@ import numpy as np
 from flax import nnx
 
 from mappa_jax.rollout import publish as publish_lib
+from mappa_jax.rollout.sampler import Sampler
 from mappa_jax.rollout.types import Completion, SamplingParams
 
 log = logging.getLogger(__name__)
@@ -55,13 +56,6 @@ class InProcessEngineConfig:
   max_new_buckets: tuple[int, ...] | None = None
   batch_buckets: tuple[int, ...] | None = None
   batch_invariant: bool = False
-
-  @classmethod
-  def from_config(cls, cfg: Any) -> "InProcessEngineConfig":
-    names = {f.name for f in dataclasses.fields(cls)}
-    items = cfg.items() if hasattr(cfg, "items") else vars(cfg).items()
-    kw = {k: (tuple(v) if isinstance(v, list) else v) for k, v in items if k in names}
-    return cls(**kw)
 
   def sampler_kwargs(self) -> dict:
     kw = {}
@@ -114,7 +108,6 @@ class InProcessEngine:
     if not models:
       raise ValueError("models: give at least one agent -> Decoder")
     if sampler_factory is None:
-      from mappa_jax.rollout.sampler import Sampler
       sampler_factory = Sampler
     self.config = config
     self.eos_token_ids = tuple(int(t) for t in eos_token_ids)

@@ -30,6 +30,8 @@ from typing import Any, Mapping
 import jax
 from flax import nnx
 
+from mappa_jax.models import hf_io
+
 MANIFEST = "publish.json"
 ORBAX_SUBDIR = "params"
 HF_SUBDIR = "hf"
@@ -179,7 +181,6 @@ def load_params(path: str | os.PathLike, *, like: nnx.State,
       raise ValueError(f"Orbax checkpoint {path} does not match the served model: {e}") from e
     check_compatible(state, like, what=f"{path}")
     return state, "orbax"
-  from mappa_jax.models import hf_io  # heavy import only when HF dirs are read
   model = hf_io.load_hf(path)
   state = params_state(model)
   check_compatible(state, like, what=f"{path}", check_dtype=False)
@@ -245,7 +246,6 @@ class WeightPublisher:
         save_params(state, tmp / ORBAX_SUBDIR)
       t1 = time.perf_counter()
       if self.write_hf:
-        from mappa_jax.models import hf_io
         model = as_model(params, self._per_agent(self.templates, agent))
         tok = self._per_agent(self.tokenizer_dirs, agent)
         hf_io.export_hf(model, tmp / HF_SUBDIR, tokenizer_dir=tok)

@@ -34,6 +34,8 @@ from typing import Any
 
 from aiohttp import web
 
+from mappa_jax.models import hf_io
+from mappa_jax.models.tokenizer import Tokenizer
 from mappa_jax.rollout import publish as publish_lib
 from mappa_jax.rollout.engine import InProcessEngine, InProcessEngineConfig
 from mappa_jax.rollout.types import Completion, SamplingParams
@@ -392,7 +394,6 @@ def load_server(model_dir: str | Path, *, config: InProcessEngineConfig = InProc
 
   EOS ids: `eos_token_ids` if given, else the tokenizer's, else config.json's eos_token_id.
   """
-  from mappa_jax.models import hf_io
   model_dir = Path(model_dir)
   if not publish_lib.is_hf_dir(model_dir):
     raise ValueError(f"--model={model_dir}: expected an HF model dir (config.json + "
@@ -400,7 +401,6 @@ def load_server(model_dir: str | Path, *, config: InProcessEngineConfig = InProc
   model = hf_io.load_hf(model_dir)
   tokenizer = None
   if (model_dir / "tokenizer.json").is_file():
-    from mappa_jax.models.tokenizer import Tokenizer
     tokenizer = Tokenizer.from_dir(model_dir)
     eos = tokenizer.eos_token_ids
   else:

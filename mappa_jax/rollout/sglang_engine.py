@@ -87,13 +87,6 @@ class SGLangEngineConfig:
       raise ValueError(f"pause_mode={self.pause_mode!r}: use None, 'abort', 'retract' or "
                        "'in_place'")
 
-  @classmethod
-  def from_config(cls, cfg: Any) -> "SGLangEngineConfig":
-    """Reads the fields present in an ml_collections ConfigDict (or any mapping)."""
-    names = {f.name for f in dataclasses.fields(cls)}
-    items = cfg.items() if hasattr(cfg, "items") else vars(cfg).items()
-    return cls(**{k: v for k, v in items if k in names})
-
 
 def sampling_params_to_sglang(sampling: SamplingParams) -> dict[str, Any]:
   """Maps our SamplingParams to SGLang's `sampling_params` JSON object.

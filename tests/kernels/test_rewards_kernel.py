@@ -2,8 +2,8 @@
 import numpy as np
 import pytest
 
-from mappa_jax.kernels.rewards_kernel import combine_row_sums
-from mappa_jax.kernels.rewards_kernel import kl_rewards_returns
+from mappa_jax.rl.objectives import combine_row_sums
+from mappa_jax.rl.objectives import kl_rewards_returns
 
 
 def _random_layout(rng, b, t):

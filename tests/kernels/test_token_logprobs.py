@@ -4,7 +4,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from mappa_jax.kernels import token_logprobs
+from mappa_jax.rl.logprobs import token_logprobs
 
 N, H, V = 37, 16, 101  # N not a multiple of the chunk, V not a multiple of the vocab tile
 
