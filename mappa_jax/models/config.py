@@ -14,6 +14,8 @@ from typing import Any, Mapping
 
 import jax.numpy as jnp
 
+from mappa_jax.models.attention import IMPLS as ATTENTION_IMPLS
+
 _DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 # HF checkpoint dtypes we can hold exactly; float16 weights go to float32 (bf16 would round).
 _HF_DTYPE_TO_PARAM = {"float32": "float32", "bfloat16": "bfloat16", "float16": "float32"}
@@ -50,6 +52,10 @@ class ModelConfig:
     param_dtype: storage dtype of parameters, 'float32' or 'bfloat16'.
     dtype: compute dtype of activations, 'float32' or 'bfloat16'.
     remat: rematerialise each decoder layer in the backward pass (saves memory).
+    attention_impl: attention core (mappa_jax.models.attention): 'auto' (per backend, measured:
+      'blocked' on CPU, cuDNN flash attention on GPU for bf16/fp16 training and prefill, XLA
+      otherwise; 'grouped' over a KV cache), 'einsum' (the reference), 'xla', 'cudnn', 'blocked'
+      or 'grouped'. Not part of config.json.
   """
   architecture: str = "qwen3"
   vocab_size: int = 512
@@ -70,10 +76,14 @@ class ModelConfig:
   param_dtype: str = "float32"
   dtype: str = "float32"
   remat: bool = False
+  attention_impl: str = "auto"
 
   def __post_init__(self):
     if self.architecture not in _HF_CLASS:
       raise ConfigError(f"architecture={self.architecture!r}: supported are {sorted(_HF_CLASS)}")
+    if self.attention_impl not in ATTENTION_IMPLS:
+      raise ConfigError(f"attention_impl={self.attention_impl!r}: supported are "
+                        f"{list(ATTENTION_IMPLS)}")
     for name in ("param_dtype", "dtype"):
       if getattr(self, name) not in _DTYPES:
         raise ConfigError(f"{name}={getattr(self, name)!r}: supported are {sorted(_DTYPES)}")

@@ -24,6 +24,8 @@ paths one-to-one with HF's `model.layers.{i}`).
 """
 from __future__ import annotations
 
+import functools
+import math
 from typing import NamedTuple
 
 import jax
@@ -31,6 +33,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from mappa_jax import sharding as shd
+from mappa_jax.models.attention import attention
 from mappa_jax.models.config import ModelConfig
 
 Array = jax.Array
@@ -40,7 +43,8 @@ _INIT_STD = 0.02  # HF `initializer_range` for Qwen
 class KVCache(NamedTuple):
   """Per-layer key/value cache (a pytree).
 
-  k: [L, B, S, K, D]; v: [L, B, S, K, D] (S cache slots).
+  k: [L, B, K, S, D]; v: [L, B, K, S, D] (S cache slots). Heads before slots: a decode step's
+  attention reads each kv head's [S, D] block as it lies (mappa_jax.models.attention 'grouped').
   """
   k: Array
   v: Array
@@ -71,6 +75,44 @@ class RMSNorm(nnx.Module):
     return x32.astype(self.dtype) * self.scale[...].astype(self.dtype)
 
 
+def _contract(x: Array, kernel: Array, n_in: int) -> Array:
+  """x [..., *in] . kernel [*in, *out] -> [..., *out]."""
+  return jax.lax.dot_general(x, kernel, ((tuple(range(x.ndim - n_in, x.ndim)),
+                                          tuple(range(n_in))), ((), ())))
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def linear(x: Array, kernel: Array, n_in: int) -> Array:
+  """`_contract` with a hand-written backward pass.
+
+  Autodiff's kernel cotangent is a dot followed by a transpose, which XLA:CPU turns into a
+  transposed copy of the output gradient fused with its producer (for the MLP, the SiLU
+  backward writing [F, B*T] column by column: 18 % of a training step on the 2-core CPU).
+  Here d kernel = x^T g as one 2-D dot contracting the leading (token) dimension of both, and
+  d x = g kernel^T; same values (bit-identical on CPU in our tests), no transposed copies.
+  """
+  return _contract(x, kernel, n_in)
+
+
+def _linear_fwd(x, kernel, n_in):
+  return _contract(x, kernel, n_in), (x, kernel)
+
+
+def _linear_bwd(n_in, res, g):
+  x, kernel = res
+  n_out = kernel.ndim - n_in
+  dx = jax.lax.dot_general(g, kernel, ((tuple(range(g.ndim - n_out, g.ndim)),
+                                        tuple(range(n_in, kernel.ndim))), ((), ())))
+  in_size = math.prod(kernel.shape[:n_in])
+  x2 = x.reshape(-1, in_size)
+  g2 = g.reshape(x2.shape[0], -1)
+  dk = jax.lax.dot_general(x2, g2, (((0,), (0,)), ((), ())))
+  return dx.astype(x.dtype), dk.reshape(kernel.shape).astype(kernel.dtype)
+
+
+linear.defvjp(_linear_fwd, _linear_bwd)
+
+
 class Linear(nnx.Module):
   """Dense layer whose kernel keeps head structure: y = einsum(x, kernel) (+ bias)."""
 
@@ -83,10 +125,8 @@ class Linear(nnx.Module):
     self.dtype = dtype
 
   def __call__(self, x: Array) -> Array:
-    kernel = self.kernel[...].astype(self.dtype)
-    y = jax.lax.dot_general(x.astype(self.dtype), kernel,
-                            (((tuple(range(x.ndim - self.n_in, x.ndim))),
-                              tuple(range(self.n_in))), ((), ())))
+    """x [..., *in_shape] -> [..., *out_shape] in the compute dtype."""
+    y = linear(x.astype(self.dtype), self.kernel[...].astype(self.dtype), self.n_in)
     if self.bias is not None:
       y = y + self.bias[...].astype(self.dtype)
     return y
@@ -130,17 +170,22 @@ class Attention(nnx.Module):
       self.q_norm = self.k_norm = None
     self.num_heads, self.num_kv_heads, self.head_dim = n, k, d
     self.rope_theta = cfg.rope_theta
+    self.attention_impl = cfg.attention_impl
     self.dtype = cfg.jnp_dtype
 
-  def __call__(self, x: Array, positions: Array, key_mask: Array | None, layer_cache,
-               cache_index, segment_ids: Array | None = None
+  def __call__(self, x: Array, positions: Array, key_mask: Array | None,
+               cache: tuple[Array, Array] | None = None, layer_index: int = 0,
+               cache_index: Array | None = None, segment_ids: Array | None = None
                ) -> tuple[Array, tuple[Array, Array] | None]:
-    """x [B, T, H] -> ([B, T, H], updated (k, v) [B, S, K, D] or None).
+    """x [B, T, H] -> ([B, T, H], updated stacked cache (k, v) [L, B, K, S, D] or None).
 
+    With a cache, this layer's T new keys/values are written in place into slots
+    [cache_index, cache_index + T) of layer `layer_index` of the stacked buffers (no copy of
+    the rest: XLA updates a loop-carried or donated buffer in place), and the queries attend
+    over all S slots (key_mask then marks the valid slots).
     segment_ids int32 [B, T] (no cache only): query t sees key s iff both are in the same
     non-zero segment (packed rows: several samples side by side, 0 = padding).
     """
-    b, t, _ = x.shape
     q = self.q_proj(x)  # [B, T, N, D]
     k = self.k_proj(x)  # [B, T, K, D]
     v = self.v_proj(x)
@@ -152,35 +197,21 @@ class Attention(nnx.Module):
     k = shd.constrain(k, ("act_batch", "act_seq", "act_kv_heads", None))
     v = shd.constrain(v, ("act_batch", "act_seq", "act_kv_heads", None))
 
-    query_pos = jnp.arange(t)[:, None]
-    if layer_cache is None:
-      keys, values, new_cache = k, v, None
-      allowed = query_pos >= jnp.arange(t)[None, :]  # [T, S=T]
-      if segment_ids is not None:
-        same = segment_ids[:, :, None] == segment_ids[:, None, :]    # [B, T, S=T]
-        allowed = allowed[None] & same & (segment_ids[:, None, :] != 0)
-    else:
-      ck, cv = layer_cache
-      start = jnp.asarray(cache_index, jnp.int32)
-      zero = jnp.zeros((), jnp.int32)
-      keys = jax.lax.dynamic_update_slice(ck, k.astype(ck.dtype), (zero, start, zero, zero))
-      values = jax.lax.dynamic_update_slice(cv, v.astype(cv.dtype), (zero, start, zero, zero))
-      new_cache = (keys, values)
-      allowed = (start + query_pos) >= jnp.arange(keys.shape[1])[None, :]  # [T, S]
-    mask = allowed if allowed.ndim == 3 else allowed[None]  # [B or 1, T, S]
-    if key_mask is not None:
-      mask = mask & key_mask[:, None, :].astype(bool)
-
-    groups = self.num_heads // self.num_kv_heads
-    qg = q.reshape(b, t, self.num_kv_heads, groups, self.head_dim)
-    scores = jnp.einsum("btkgd,bskd->bkgts", qg, keys.astype(self.dtype),
-                        preferred_element_type=jnp.float32)
-    scores = scores * (self.head_dim ** -0.5)
-    scores = jnp.where(mask[:, None, None, :, :], scores, jnp.finfo(jnp.float32).min)
-    probs = jax.nn.softmax(scores, axis=-1).astype(self.dtype)
-    out = jnp.einsum("bkgts,bskd->btkgd", probs, values.astype(self.dtype))
-    out = out.reshape(b, t, self.num_heads, self.head_dim)
-    return self.o_proj(out), new_cache
+    if cache is None:
+      out = attention(q, k, v, impl=self.attention_impl, key_mask=key_mask,
+                      segment_ids=segment_ids)
+      return self.o_proj(out), None
+    ck, cv = cache
+    start = jnp.asarray(cache_index, jnp.int32)
+    zero = jnp.zeros((), jnp.int32)
+    at = (jnp.asarray(layer_index, jnp.int32), zero, zero, start, zero)
+    new_k = jnp.swapaxes(k, 1, 2).astype(ck.dtype)[None]  # [1, B, K, T, D]
+    new_v = jnp.swapaxes(v, 1, 2).astype(cv.dtype)[None]
+    ck = jax.lax.dynamic_update_slice(ck, new_k, at)
+    cv = jax.lax.dynamic_update_slice(cv, new_v, at)
+    out = attention(q, ck[layer_index], cv[layer_index], impl=self.attention_impl,
+                    query_start=start, key_mask=key_mask, kv_layout="bksd")
+    return self.o_proj(out), (ck, cv)
 
 
 class MLP(nnx.Module):
@@ -225,16 +256,17 @@ class DecoderLayer(nnx.Module):
                                   cfg.jnp_param_dtype, "norm")
     self.mlp = MLP(cfg, rngs=rngs)
 
-  def __call__(self, x, positions, key_mask, layer_cache, cache_index, segment_ids=None):
-    attn_out, new_cache = self.attn(self.input_norm(x), positions, key_mask, layer_cache,
-                                    cache_index, segment_ids)
+  def __call__(self, x, positions, key_mask, cache=None, layer_index=0, cache_index=None,
+               segment_ids=None):
+    attn_out, new_cache = self.attn(self.input_norm(x), positions, key_mask, cache,
+                                    layer_index, cache_index, segment_ids)
     x = shd.constrain(x + attn_out, ("act_batch", "act_seq", "act_embed"))
     x = x + self.mlp(self.post_attn_norm(x))
     return shd.constrain(x, ("act_batch", "act_seq", "act_embed")), new_cache
 
 
-def _layer_forward(layer, x, positions, key_mask, layer_cache, cache_index, segment_ids):
-  return layer(x, positions, key_mask, layer_cache, cache_index, segment_ids)
+def _layer_forward(layer, x, positions, key_mask, segment_ids):
+  return layer(x, positions, key_mask, segment_ids=segment_ids)[0]
 
 
 _remat_layer_forward = nnx.remat(_layer_forward)
@@ -285,18 +317,19 @@ class Decoder(nnx.Module):
                        f"got shape {tuple(segment_ids.shape)}")
     x = self.embed(tokens)
     x = shd.constrain(x, ("act_batch", "act_seq", "act_embed"))
-    forward = _remat_layer_forward if self.config.remat else _layer_forward
-    new_k, new_v = cache.k if cache is not None else None, cache.v if cache is not None else None
-    for i, layer in enumerate(self.layers):
-      layer_cache = None if cache is None else (new_k[i], new_v[i])
-      x, updated = forward(layer, x, positions, attention_mask, layer_cache, cache_index,
-                           segment_ids)
-      if updated is not None:
-        # In-place update of the stacked buffer (XLA aliases it when the cache is donated).
-        new_k = new_k.at[i].set(updated[0])
-        new_v = new_v.at[i].set(updated[1])
+    if cache is None:
+      # Remat only matters under differentiation, i.e. without a cache.
+      forward = _remat_layer_forward if self.config.remat else _layer_forward
+      for layer in self.layers:
+        x = forward(layer, x, positions, attention_mask, segment_ids)
+      stacked = None
+    else:
+      # Every layer writes its slots straight into the stacked [L, B, K, S, D] buffers.
+      stacked = (cache.k, cache.v)
+      for i, layer in enumerate(self.layers):
+        x, stacked = layer(x, positions, attention_mask, stacked, i, cache_index)
     hidden = self.final_norm(x)
-    return hidden, (KVCache(new_k, new_v) if cache is not None else None)
+    return hidden, (KVCache(*stacked) if stacked is not None else None)
 
   def lm_head_kernel(self) -> Array:
     """[H, V] LM head (the transposed embedding when tied), in param dtype."""
@@ -312,8 +345,8 @@ class Decoder(nnx.Module):
     return out.astype(jnp.float32)
 
   def init_cache(self, batch: int, max_len: int, dtype=None) -> KVCache:
-    """Zeroed cache [L, batch, max_len, K, D] in `dtype` (default: compute dtype)."""
+    """Zeroed cache [L, batch, K, max_len, D] in `dtype` (default: compute dtype)."""
     cfg = self.config
-    shape = (cfg.num_hidden_layers, batch, max_len, cfg.num_key_value_heads, cfg.head_dim)
+    shape = (cfg.num_hidden_layers, batch, cfg.num_key_value_heads, max_len, cfg.head_dim)
     dtype = cfg.jnp_dtype if dtype is None else dtype
     return KVCache(jnp.zeros(shape, dtype), jnp.zeros(shape, dtype))

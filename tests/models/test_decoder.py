@@ -52,7 +52,7 @@ def test_prefill_and_decode_with_cache_equal_full_forward(model):
 
   # Prefill 5 slots, then decode 3 tokens one at a time into an 8-slot cache.
   cache = model.init_cache(2, 8)
-  assert cache.k.shape == (2, 2, 8, 2, 8)
+  assert cache.k.shape == (2, 2, 2, 8, 8)  # [L, B, K, S, D]
   slot_mask = mask  # same left padding: the cache slots line up with the full sequence
   hidden, cache = _cached(model, ids[:, :5], pos[:, :5], slot_mask, cache, jnp.int32(0))
   real = np.asarray(mask[:, :5])
