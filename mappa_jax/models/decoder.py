@@ -43,11 +43,13 @@ _INIT_STD = 0.02  # HF `initializer_range` for Qwen
 class KVCache(NamedTuple):
   """Per-layer key/value cache (a pytree).
 
-  k: [L, B, K, S, D]; v: [L, B, K, S, D] (S cache slots). Heads before slots: a decode step's
-  attention reads each kv head's [S, D] block as it lies (mappa_jax.models.attention 'grouped').
+  k, v: tuples of L arrays [B, K, S, D] (S cache slots). One buffer per layer, heads before
+  slots: a decode step updates each buffer in place and its attention reads each kv head's
+  [S, D] block where it lies (mappa_jax.models.attention 'grouped'); a stacked [L, ...] buffer
+  would cost a copy of the layer's slice per step.
   """
-  k: Array
-  v: Array
+  k: tuple[Array, ...]
+  v: tuple[Array, ...]
 
 
 def _param(rngs: nnx.Rngs | None, shape, dtype, axes, init: str = "normal") -> nnx.Param:
@@ -174,15 +176,14 @@ class Attention(nnx.Module):
     self.dtype = cfg.jnp_dtype
 
   def __call__(self, x: Array, positions: Array, key_mask: Array | None,
-               cache: tuple[Array, Array] | None = None, layer_index: int = 0,
-               cache_index: Array | None = None, segment_ids: Array | None = None
+               cache: tuple[Array, Array] | None = None, cache_index: Array | None = None,
+               segment_ids: Array | None = None
                ) -> tuple[Array, tuple[Array, Array] | None]:
-    """x [B, T, H] -> ([B, T, H], updated stacked cache (k, v) [L, B, K, S, D] or None).
+    """x [B, T, H] -> ([B, T, H], this layer's updated cache (k, v) [B, K, S, D] or None).
 
-    With a cache, this layer's T new keys/values are written in place into slots
-    [cache_index, cache_index + T) of layer `layer_index` of the stacked buffers (no copy of
-    the rest: XLA updates a loop-carried or donated buffer in place), and the queries attend
-    over all S slots (key_mask then marks the valid slots).
+    With a cache, the T new keys/values are written in place into slots
+    [cache_index, cache_index + T) (XLA updates a loop-carried or donated buffer without a
+    copy), and the queries attend over all S slots (key_mask then marks the valid slots).
     segment_ids int32 [B, T] (no cache only): query t sees key s iff both are in the same
     non-zero segment (packed rows: several samples side by side, 0 = padding).
     """
@@ -204,13 +205,11 @@ class Attention(nnx.Module):
     ck, cv = cache
     start = jnp.asarray(cache_index, jnp.int32)
     zero = jnp.zeros((), jnp.int32)
-    at = (jnp.asarray(layer_index, jnp.int32), zero, zero, start, zero)
-    new_k = jnp.swapaxes(k, 1, 2).astype(ck.dtype)[None]  # [1, B, K, T, D]
-    new_v = jnp.swapaxes(v, 1, 2).astype(cv.dtype)[None]
-    ck = jax.lax.dynamic_update_slice(ck, new_k, at)
-    cv = jax.lax.dynamic_update_slice(cv, new_v, at)
-    out = attention(q, ck[layer_index], cv[layer_index], impl=self.attention_impl,
-                    query_start=start, key_mask=key_mask, kv_layout="bksd")
+    at = (zero, zero, start, zero)
+    ck = jax.lax.dynamic_update_slice(ck, jnp.swapaxes(k, 1, 2).astype(ck.dtype), at)
+    cv = jax.lax.dynamic_update_slice(cv, jnp.swapaxes(v, 1, 2).astype(cv.dtype), at)
+    out = attention(q, ck, cv, impl=self.attention_impl, query_start=start, key_mask=key_mask,
+                    kv_layout="bksd")
     return self.o_proj(out), (ck, cv)
 
 
@@ -256,10 +255,9 @@ class DecoderLayer(nnx.Module):
                                   cfg.jnp_param_dtype, "norm")
     self.mlp = MLP(cfg, rngs=rngs)
 
-  def __call__(self, x, positions, key_mask, cache=None, layer_index=0, cache_index=None,
-               segment_ids=None):
+  def __call__(self, x, positions, key_mask, cache=None, cache_index=None, segment_ids=None):
     attn_out, new_cache = self.attn(self.input_norm(x), positions, key_mask, cache,
-                                    layer_index, cache_index, segment_ids)
+                                    cache_index, segment_ids)
     x = shd.constrain(x + attn_out, ("act_batch", "act_seq", "act_embed"))
     x = x + self.mlp(self.post_attn_norm(x))
     return shd.constrain(x, ("act_batch", "act_seq", "act_embed")), new_cache
@@ -322,14 +320,16 @@ class Decoder(nnx.Module):
       forward = _remat_layer_forward if self.config.remat else _layer_forward
       for layer in self.layers:
         x = forward(layer, x, positions, attention_mask, segment_ids)
-      stacked = None
+      new_cache = None
     else:
-      # Every layer writes its slots straight into the stacked [L, B, K, S, D] buffers.
-      stacked = (cache.k, cache.v)
-      for i, layer in enumerate(self.layers):
-        x, stacked = layer(x, positions, attention_mask, stacked, i, cache_index)
+      new_k, new_v = [], []
+      for layer, ck, cv in zip(self.layers, cache.k, cache.v):
+        x, (ck, cv) = layer(x, positions, attention_mask, (ck, cv), cache_index)
+        new_k.append(ck)
+        new_v.append(cv)
+      new_cache = KVCache(tuple(new_k), tuple(new_v))
     hidden = self.final_norm(x)
-    return hidden, (KVCache(*stacked) if stacked is not None else None)
+    return hidden, new_cache
 
   def lm_head_kernel(self) -> Array:
     """[H, V] LM head (the transposed embedding when tied), in param dtype."""
@@ -345,8 +345,11 @@ class Decoder(nnx.Module):
     return out.astype(jnp.float32)
 
   def init_cache(self, batch: int, max_len: int, dtype=None) -> KVCache:
-    """Zeroed cache [L, batch, K, max_len, D] in `dtype` (default: compute dtype)."""
+    """Zeroed cache: L buffers [batch, K, max_len, D] each for k and v, in `dtype` (default:
+    the compute dtype)."""
     cfg = self.config
-    shape = (cfg.num_hidden_layers, batch, cfg.num_key_value_heads, max_len, cfg.head_dim)
+    shape = (batch, cfg.num_key_value_heads, max_len, cfg.head_dim)
     dtype = cfg.jnp_dtype if dtype is None else dtype
-    return KVCache(jnp.zeros(shape, dtype), jnp.zeros(shape, dtype))
+    layers = range(cfg.num_hidden_layers)
+    return KVCache(tuple(jnp.zeros(shape, dtype) for _ in layers),
+                   tuple(jnp.zeros(shape, dtype) for _ in layers))

@@ -52,7 +52,8 @@ def test_prefill_and_decode_with_cache_equal_full_forward(model):
 
   # Prefill 5 slots, then decode 3 tokens one at a time into an 8-slot cache.
   cache = model.init_cache(2, 8)
-  assert cache.k.shape == (2, 2, 2, 8, 8)  # [L, B, K, S, D]
+  assert len(cache.k) == len(cache.v) == 2                        # L layers
+  assert cache.k[0].shape == cache.v[1].shape == (2, 2, 8, 8)     # [B, K, S, D]
   slot_mask = mask  # same left padding: the cache slots line up with the full sequence
   hidden, cache = _cached(model, ids[:, :5], pos[:, :5], slot_mask, cache, jnp.int32(0))
   real = np.asarray(mask[:, :5])
@@ -174,7 +175,7 @@ def test_bf16_params_and_compute_close_to_fp32():
   assert l16.dtype == jnp.float32
   # bf16 keeps ~3 significant digits; logits here are O(0.1).
   np.testing.assert_allclose(l16, l32, atol=2e-2)
-  assert bf16.init_cache(1, 4).k.dtype == jnp.bfloat16
+  assert bf16.init_cache(1, 4).k[0].dtype == jnp.bfloat16
 
 
 # Public parameter counts (incl. embeddings) of the checkpoints the presets mirror, in billions.
