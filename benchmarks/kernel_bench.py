@@ -21,8 +21,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from mappa_jax.kernels.rewards_kernel import kl_rewards_returns
-from mappa_jax.kernels.token_logprobs import token_logprobs
+from mappa_jax.rl.logprobs import token_logprobs
+from mappa_jax.rl.objectives import kl_rewards_returns
 
 
 def _mib(x) -> str:

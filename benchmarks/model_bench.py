@@ -6,7 +6,7 @@
 
 Random weights (no checkpoint needed). Rows:
   train fwd+bwd   value_and_grad of the next-token loss (chunked token logprobs from
-                  mappa_jax.kernels when present, else full logits); MFU against the bf16 dense
+                  mappa_jax.rl.logprobs when present, else full logits); MFU against the bf16 dense
                   peak of the device kind (n/a when unknown, e.g. CPU).
   decode (model)  greedy one-token steps with the KV cache in one jitted fori_loop;
                   roofline = HBM bandwidth / bytes read per step (params + KV cache).
@@ -71,7 +71,7 @@ def _loss_fn(use_kernel: bool):
   token_logprobs = None
   if use_kernel:
     try:
-      from mappa_jax.kernels import token_logprobs  # pylint: disable=import-outside-toplevel
+      from mappa_jax.rl.logprobs import token_logprobs  # pylint: disable=import-outside-toplevel
     except ImportError:
       token_logprobs = None
 
