@@ -125,11 +125,13 @@ def init_train_state(model: nnx.Module, cfg: UpdateConfig, mesh=None):
 
 # ---------------------------------------------------------------------------------------------
 
-def _sequence_logprobs(graphdef, params, tokens, positions, attention, targets, cfg,
-                       with_entropy=False, segment_ids=None):
-  """[b, T] inputs -> (logp [b, T], entropy [b, T] | None).
+def sequence_logprobs(graphdef, params, tokens, positions, attention, targets, cfg,
+                      with_entropy=False, segment_ids=None):
+  """The update step's model pass: [b, T] inputs -> (logp [b, T], entropy [b, T] | None).
 
-  segment_ids [b, T] (packed rows) or None (one sample per row): see Decoder.__call__.
+  Trunk + chunked token log-probabilities (no [b, T, V] logits); what the loss is built on.
+  attention bool [b, T] or None; segment_ids [b, T] (packed rows) or None (one sample per row):
+  see Decoder.__call__.
   """
   model = nnx.merge(graphdef, params)
   hidden, _ = model(tokens, positions, attention_mask=attention, segment_ids=segment_ids)
@@ -139,6 +141,9 @@ def _sequence_logprobs(graphdef, params, tokens, positions, attention, targets, 
                              impl=cfg.logprob_impl, with_entropy=with_entropy,
                              chunk_size=cfg.logprob_chunk)
   return logp.reshape(b, t), (None if ent is None else ent.reshape(b, t))
+
+
+_sequence_logprobs = sequence_logprobs  # the name the tests use
 
 
 def _batched_logprobs(graphdef, params, batch: TrainBatch, cfg, with_entropy, packed=False):
@@ -153,7 +158,7 @@ def _batched_logprobs(graphdef, params, batch: TrainBatch, cfg, with_entropy, pa
 
   def one(x):
     segments = x[4] if packed else None
-    lp, ent = _sequence_logprobs(graphdef, params, *x[:4], cfg, with_entropy, segments)
+    lp, ent = sequence_logprobs(graphdef, params, *x[:4], cfg, with_entropy, segments)
     return lp, (ent if ent is not None else jnp.zeros_like(lp))
 
   lp, ent = jax.lax.map(one, xs)
@@ -257,9 +262,9 @@ def _update_body(graphdef, tx, cfg: UpdateConfig, state: TrainState, ref_params,
   kl_loss = cfg.kl_placement == "loss"
 
   def micro_loss(params, mb, norm):
-    logp, _ = _sequence_logprobs(graphdef, params, mb["tokens"], mb["positions"],
-                                 mb["attention"], mb["targets"], cfg,
-                                 segment_ids=mb.get("segments"))
+    logp, _ = sequence_logprobs(graphdef, params, mb["tokens"], mb["positions"],
+                                mb["attention"], mb["targets"], cfg,
+                                segment_ids=mb.get("segments"))
     loss_t, clipped, ratio = obj.ppo_clip_loss(
         logp, mb["old_lp"], mb["adv"], eps_low=cfg.eps_clip_low, eps_high=cfg.eps_clip_high,
         dual_clip=cfg.dual_clip)
