@@ -122,8 +122,10 @@ def bench_mappa(ckpt: str, args, prompts: np.ndarray, train_ids: np.ndarray) -> 
     return -jnp.sum(weights * logp) / jnp.sum(weights)
 
   grad = jax.jit(jax.value_and_grad(loss))
-  info = (f"jax {jax.__version__} ({jax.default_backend()}), attention "
-          f"{resolve_impl(cfg.attention_impl, dtype=cfg.jnp_dtype, query_len=2)}")
+  impl = lambda cached: resolve_impl(cfg.attention_impl, dtype=cfg.jnp_dtype, query_len=2,
+                                    cached=cached)
+  info = (f"jax {jax.__version__} ({jax.default_backend()}), attention {impl(False)} "
+          f"(train) / {impl(True)} (decode)")
   return {"decode": lambda: sampler.generate(rows, params, seeds=list(range(b))),
           "train": lambda: jax.block_until_ready(grad(state))}, info
 
