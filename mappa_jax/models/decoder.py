@@ -267,7 +267,20 @@ def _layer_forward(layer, x, positions, key_mask, segment_ids):
   return layer(x, positions, key_mask, segment_ids=segment_ids)[0]
 
 
-_remat_layer_forward = nnx.remat(_layer_forward)
+def _remat_layer_forward(layer, x, positions, key_mask, segment_ids):
+  """`_layer_forward` under jax.checkpoint of a pure function of the layer's arrays.
+
+  nnx.remat writes the layer's Variables back after the call, which raises TraceContextError
+  when the model was merged in an outer trace (the update step merges params inside jax.jit,
+  then differentiates inside a lax.scan); a layer's forward mutates nothing, so nothing needs
+  writing back.
+  """
+  graphdef, state = nnx.split(layer)
+
+  def pure(state, x, positions, key_mask, segment_ids):
+    return _layer_forward(nnx.merge(graphdef, state), x, positions, key_mask, segment_ids)
+
+  return jax.checkpoint(pure)(state, x, positions, key_mask, segment_ids)
 
 
 class Decoder(nnx.Module):

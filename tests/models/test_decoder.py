@@ -160,6 +160,34 @@ def test_remat_gives_same_loss_and_grads():
   for a, b in zip(jax.tree.leaves(g1), jax.tree.leaves(g2)):
     np.testing.assert_allclose(a, b, atol=1e-6)
 
+  # The update step's patterns: params closed over by a lax.map (old/reference log-probs) or
+  # a lax.scan (micro-batch gradients) and merged inside it; nnx.remat raised
+  # TraceContextError in the first.
+  graphdef, state = nnx.split(remat)
+
+  def loss_row(state, row):
+    m = nnx.merge(graphdef, state)
+    return loss_of(m, row)
+
+  def loss_of(m, row):
+    logits = m.logits(m(row, pos[:1])[0])
+    return -jnp.mean(jax.nn.log_softmax(logits)[..., 0])
+
+  @jax.jit
+  def mapped(state):
+    return jax.lax.map(lambda row: loss_row(state, row), ids[:, None])
+
+  @jax.jit
+  def scanned(state):
+    def body(carry, row):
+      return carry + jax.grad(loss_row)(state, row)["embed"]["embedding"], None
+    return jax.lax.scan(body, jnp.zeros((97, 32)), ids[:, None])[0]
+
+  rows = [ids[i:i + 1] for i in range(2)]
+  np.testing.assert_allclose(mapped(state), [loss_of(plain, r) for r in rows], rtol=1e-6)
+  expected = sum(nnx.grad(loss_of)(plain, r)["embed"]["embedding"][...] for r in rows)
+  np.testing.assert_allclose(scanned(state), expected, atol=1e-6)
+
 
 def test_bf16_params_and_compute_close_to_fp32():
   cfg = ModelConfig.preset("tiny-qwen2", **SMALL)
