@@ -5,7 +5,10 @@
       --dtype bfloat16 --micro 1                                                  # one GPU
 
 Random weights and tokens; every row is a 1/4-prompt, 3/4-response action. Prints compile time,
-median step time, trained tokens/s and the compiled program's scratch memory.
+median step time, trained tokens/s and MFU: model FLOPs per token = 6 N (the trained pass) +
+2 x 2 N (the old and reference log-prob passes) + causal attention, N = matmul parameters
+(remat recomputation not counted), against the bf16 dense peak of the device kind
+(benchmarks/model_bench.py's table; n/a on CPU).
 """
 from __future__ import annotations
 
@@ -17,6 +20,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
+
+from model_bench import PEAK_FLOPS, _lookup, matmul_params  # benchmarks/ is sys.path[0]
 
 from mappa_jax.models.config import ModelConfig
 from mappa_jax.models.decoder import Decoder
@@ -76,9 +81,14 @@ def main():
   print(f"jax {jax.__version__} {jax.devices()[0].device_kind}: preset={a.preset} "
         f"params={mc.num_params() / 1e6:.1f}M dtype={a.dtype} rows={a.rows} seq={a.seq} "
         f"micro={a.micro} opt_steps/call={a.rows // a.samples_per_step}")
-  print(f"{'first call s':>13} {'step s':>8} {'tokens/s':>10} {'loss':>9} {'grad_norm':>10}")
-  print(f"{first:>13.2f} {med:>8.3f} {tokens / med:>10.0f} {float(metrics['loss']):>9.4f} "
-        f"{float(metrics['grad_norm']):>10.4f}")
+  attn_fwd = 2 * mc.num_hidden_layers * mc.num_attention_heads * mc.head_dim * a.seq
+  flops = tokens * (10 * matmul_params(mc) + 5 * attn_fwd)  # fwd+bwd = 3 x fwd, + 2 fwd
+  peak = _lookup(PEAK_FLOPS, jax.devices()[0].device_kind)
+  mfu = "n/a" if peak is None else f"{100 * flops / med / peak:.1f} %"
+  print(f"{'first call s':>13} {'step s':>8} {'tokens/s':>10} {'TFLOP/s':>8} {'MFU':>8} "
+        f"{'loss':>9} {'grad_norm':>10}")
+  print(f"{first:>13.2f} {med:>8.3f} {tokens / med:>10.0f} {flops / med / 1e12:>8.2f} "
+        f"{mfu:>8} {float(metrics['loss']):>9.4f} {float(metrics['grad_norm']):>10.4f}")
 
 
 if __name__ == "__main__":

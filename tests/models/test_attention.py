@@ -184,3 +184,27 @@ def test_linear_vjp_equals_autodiff(shapes):
   xb, wb, gb = (a.astype(jnp.bfloat16) for a in (x, w, g))
   dx, dw = jax.vjp(lambda x, w: linear(x, w, n_in), xb, wb)[1](gb)
   assert dx.dtype == dw.dtype == jnp.bfloat16
+
+
+def test_attention_bench_and_gpu_suite_plan(capsys):
+  """benchmarks/attention_bench.py at tiny shapes; benchmarks/gpu_suite.sh parses and lists
+  its sections (the suite itself is run on a GPU machine, or with --dry-run by hand)."""
+  import importlib.util
+  import pathlib
+  import subprocess
+  root = pathlib.Path(__file__).resolve().parents[2]
+  spec = importlib.util.spec_from_file_location("attention_bench",
+                                                root / "benchmarks" / "attention_bench.py")
+  bench = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(bench)
+  assert bench.main(["--batch=2", "--seq=16", "--heads=4", "--kv_heads=2", "--head_dim=8",
+                     "--impls=einsum,blocked,auto", "--decode_impls=einsum,grouped",
+                     "--decode_batch=2", "--cache=8", "--decode_steps=2", "--iters=1"]) == 0
+  out = capsys.readouterr().out
+  assert "fwd+bwd ms" in out and "ms/step" in out and "FAILED" not in out
+  plan = subprocess.run(["bash", str(root / "benchmarks" / "gpu_suite.sh"), "--plan"],
+                        capture_output=True, text=True, check=True).stdout
+  for section in ("attention", "update step", "model fwd+bwd and decode", "token logprobs",
+                  "rewards kernel"):
+    assert f"[{section}]" in plan
+  assert "--preset=qwen3-1.7b --rows=8 --seq=2048" in plan and "--vocab=151936" in plan
