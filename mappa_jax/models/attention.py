@@ -210,7 +210,8 @@ def _batch_is_sharded() -> bool:
   """Whether activations are sharded over batch (mappa_jax.sharding.activation_sharding with a
   data/fsdp axis > 1): a lax.map over rows would cut across devices, so rows stay whole."""
   from mappa_jax import sharding as shd  # pylint: disable=import-outside-toplevel
-  active = getattr(shd._ACTIVE, "value", None)  # pylint: disable=protected-access
+  # No public accessor for the active mesh; tolerate the thread-local's absence.
+  active = getattr(getattr(shd, "_ACTIVE", None), "value", None)
   if active is None:
     return False
   mesh, rules = active

@@ -110,6 +110,22 @@ def test_resolve_impl_per_backend():
     ModelConfig.preset("tiny-qwen3", attention_impl="flash")
 
 
+def test_blocked_keeps_rows_whole_when_activations_are_batch_sharded(small_tiles):
+  """Under activation_sharding with a data/fsdp axis > 1 a lax.map over rows would cut across
+  devices: 'blocked' then keeps every row in one chunk (and still matches the reference)."""
+  from mappa_jax import sharding as shd
+  assert attn._rows_per_chunk(4, 6, 16, 40) < 4
+  rng = np.random.default_rng(6)
+  q, kk, v = _inputs(rng, 4, 40, 40, 6, 2, 8)
+  for sizes, whole in (({"data": 2, "fsdp": 2, "tensor": 2}, True),
+                       ({"data": 1, "fsdp": 1, "tensor": 8}, False)):
+    mesh = shd.make_mesh(sizes)
+    with shd.activation_sharding(mesh):
+      assert (attn._rows_per_chunk(4, 6, 16, 40) == 4) == whole
+      out = jax.jit(lambda q, kk, v: attn.attention(q, kk, v, impl="blocked"))(q, kk, v)
+    np.testing.assert_allclose(out, attn.einsum_attention(q, kk, v), atol=2e-6)
+
+
 def test_cudnn_off_gpu_falls_back_to_xla():
   if jax.default_backend() == "gpu":
     pytest.skip("cuDNN is available here; its numerics are checked by benchmarks/gpu_suite.sh")
