@@ -7,7 +7,7 @@ optionally the entropy of that softmax. At vocab 151,936 a [64*4096, V] float32 
 - impl='xla' (default): lax.scan over chunks of `chunk_size` tokens; each chunk builds only
   [chunk_size, V] logits. A custom VJP saves only the per-token log-sum-exp (and entropy) and
   recomputes each chunk's logits in the backward pass, accumulating d lm_head in the scan carry.
-- impl='pallas': the forward pass is the Pallas kernel of kernels/token_logprobs.py (an online
+- impl='pallas': the forward pass is the Pallas kernel of kernels/logprobs_kernel.py (an online
   softmax over vocab tiles); the backward pass is the same chunked recomputation. It is tested
   in interpret mode on CPU only: on GPU/TPU run benchmarks/kernel_bench.py first, and keep
   impl='xla' if it fails to lower or is slower.
@@ -21,7 +21,7 @@ import jax
 import jax.numpy as jnp
 
 from mappa_jax.kernels.reference import token_logprobs_reference
-from mappa_jax.kernels.token_logprobs import pallas_forward
+from mappa_jax.kernels.logprobs_kernel import pallas_forward
 from mappa_jax.rl.config import Impl, choices
 
 Array = jax.Array
