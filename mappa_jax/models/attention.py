@@ -60,10 +60,12 @@ def resolve_impl(impl: str, *, dtype, query_len: int, cached: bool,
                  backend: str | None = None) -> str:
   """The implementation `impl` runs as. 'auto' (measured on CPU; GPU pending, see
   benchmarks/gpu_suite.sh):
-    cpu: 'grouped' over a KV cache (decode: 0.03 ms vs einsum 0.09 / xla 0.08 ms per layer
-         step), else 'blocked' (training, 4x faster than einsum per layer);
-    gpu: 'grouped' over a KV cache (reads the cache without a transposed copy: decode is
-         memory-bound), 'cudnn' for bf16/fp16 training (flash attention), else 'xla';
+    cpu: 'grouped' over a KV cache (the decode step reads each head's [S, D] block in place;
+         transposed copies of the cache were 19 % of a sampler step with einsum), else
+         'blocked' (training: 4x faster than einsum per layer);
+    gpu: 'cudnn' (flash attention) for bf16/fp16 with more than one query (training,
+         prefill), else 'grouped' over a KV cache (decode is memory-bound: no transposed copy
+         of the cache), else 'xla';
     other backends: 'grouped' over a cache, else 'xla'.
   """
   if impl not in IMPLS:
@@ -71,12 +73,12 @@ def resolve_impl(impl: str, *, dtype, query_len: int, cached: bool,
   if impl != "auto":
     return impl
   backend = backend or jax.default_backend()
+  if backend in ("gpu", "cuda", "rocm") and query_len > 1 and jnp.dtype(dtype) in _CUDNN_DTYPES:
+    return "cudnn"
   if cached:
     return "grouped"
   if backend == "cpu":
     return "blocked"
-  if backend in ("gpu", "cuda", "rocm") and query_len > 1 and jnp.dtype(dtype) in _CUDNN_DTYPES:
-    return "cudnn"
   return "xla"
 
 

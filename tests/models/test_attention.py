@@ -102,6 +102,7 @@ def test_resolve_impl_per_backend():
   assert r("auto", dtype=jnp.bfloat16, query_len=2048, cached=False, backend="gpu") == "cudnn"
   assert r("auto", dtype=jnp.float32, query_len=2048, cached=False, backend="gpu") == "xla"
   assert r("auto", dtype=jnp.bfloat16, query_len=1, cached=True, backend="gpu") == "grouped"
+  assert r("auto", dtype=jnp.bfloat16, query_len=512, cached=True, backend="gpu") == "cudnn"
   assert r("auto", dtype=jnp.bfloat16, query_len=512, cached=False, backend="tpu") == "xla"
   assert r("einsum", dtype=jnp.float32, query_len=8, cached=True) == "einsum"
   with pytest.raises(ValueError, match="attention_impl"):
