@@ -40,6 +40,7 @@ import tempfile
 import time
 from typing import Sequence
 
+from mappa_jax.coach.config import CoachConfig, build_coach
 from mappa_jax.data import dsbench as ds
 from mappa_jax.data import dsbench_suite, synthetic
 from mappa_jax.eval import blame
@@ -56,10 +57,10 @@ from mappa_jax.workflows.scripted_teams import DSBenchTeam, MathChatTeam
 
 MATHCHAT_AGENTS = ("problem_solver", "code_executor", "verifier")
 FAULTS = {
-    "mathchat": (faults.FaultConfig("problem_solver", "wrong_answer", rate=1.0),
-                 faults.FaultConfig("code_executor", "wrong_operand", rate=1.0)),
-    "dsbench": (faults.FaultConfig("data_engineer", "missing_file", rate=1.0,
-                                   file="X_test.pkl"),),
+    "mathchat": (faults.FaultsConfig(agent="problem_solver", kind="wrong_answer", rate=1.0),
+                 faults.FaultsConfig(agent="code_executor", kind="wrong_operand", rate=1.0)),
+    "dsbench": (faults.FaultsConfig(agent="data_engineer", kind="missing_file", rate=1.0,
+                                    file="X_test.pkl"),),
 }
 # Tasks of the offline suite in the order they are used (classification and regression
 # alternate, so a small --dsbench-n covers both strata).
@@ -72,12 +73,8 @@ _DSBENCH_ORDER = ("iris-species", "diabetes-progression", "breast-cancer-diagnos
 
 
 def build_coach_from_flags(section: dict):
-  """The coach of a `coach` section given as flags (mappa_jax.coach's own builder)."""
-  try:  # the typed config sections (issue 16)
-    from mappa_jax.coach.config import CoachConfig, build_coach  # pylint: disable=g-import-not-at-top
-  except ImportError:
-    from mappa_jax.coach import build_coach  # pylint: disable=g-import-not-at-top
-    return build_coach(section)
+  """The coach of a `coach` section given as flags: the typed section (every field checked,
+  e.g. base_url for kind='openai') and mappa_jax.coach.config's own builder."""
   return build_coach(CoachConfig(**section))
 
 
@@ -116,7 +113,7 @@ async def _run_all(workflow, tasks, concurrency: int):
   return list(await asyncio.gather(*[one(t) for t in tasks]))
 
 
-def run_tasks(workflow_name: str, tasks, fault: faults.FaultConfig | None, *, tokenizer,
+def run_tasks(workflow_name: str, tasks, fault: faults.FaultsConfig | None, *, tokenizer,
               sandbox, coach, concurrency: int):
   """The scripted team on `tasks`, with `fault` injected (None: fault-free)."""
   with tempfile.TemporaryDirectory(prefix="mappa_blame_") as root:

@@ -29,6 +29,7 @@ import ml_collections
 
 from mappa_jax import workflows
 from mappa_jax.checkpoint import CheckpointConfig
+from mappa_jax.coach.bias_guard import BiasGuardConfig
 from mappa_jax.coach.config import CoachConfig
 # Loading and saving a config's files are part of this module's API.
 from mappa_jax.config_files import (ensure_loaded, explain_parse_error, flatten, load_config,
@@ -45,6 +46,7 @@ from mappa_jax.schema import walk_docs
 from mappa_jax.sharding import MeshConfig
 from mappa_jax.tools.sandbox import SandboxConfig
 from mappa_jax.workflows.base import AgentConfig
+from mappa_jax.workflows.faults import FaultsConfig
 
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._=,+-]*$")
 
@@ -66,6 +68,10 @@ class Experiment(Section):
   agents: dict[str, AgentConfig] = field({}, "the team, one section per agent")
   rollout: RolloutConfig = field(RolloutConfig(), "sampling and rollout sizes")
   coach: CoachConfig = field(CoachConfig(), "the coach scoring every action")
+  coach_bias: BiasGuardConfig = field(BiasGuardConfig(), "the bias guard watching the coach's "
+                                      "score gaps between task types")
+  faults: FaultsConfig = field(FaultsConfig(), "fault injection: one agent makes a realistic "
+                               "mistake at a given rate (credit-assignment experiments)")
   rl: RLConfig = field(RLConfig(), "the RL objective")
   train: TrainConfig = field(TrainConfig(), "optimizer, batching and run length")
   data: DataConfig = field(DataConfig(), "training and eval tasks (the workflow's section)")
@@ -132,6 +138,7 @@ class Experiment(Section):
       found.append(("eval.sets", f"{self.eval.sets!r} is invalid. Eval sets must be among "
                     f"{list(available)} (stems of data.eval_files, or the synthetic set); () "
                     "means all."))
+    found += self._fault_and_bias_problems(names)
     best, ckpt_every, eval_every = (self.checkpoint.keep_best_metric,
                                     self.checkpoint.every_steps, self.eval.every_steps)
     if best.startswith("eval/") and ckpt_every and (eval_every == 0 or ckpt_every % eval_every):
@@ -140,6 +147,34 @@ class Experiment(Section):
                     f"checkpoint.every_steps={ckpt_every}; make checkpoint.every_steps a "
                     "multiple of eval.every_steps"))
     return found
+
+
+  def _fault_and_bias_problems(self, names: tuple[str, ...]) -> list[tuple[str, str]]:
+    """The `faults` and `coach_bias` sections against the workflow and the `rl` section."""
+    found: list[tuple[str, str]] = []
+    faults = self.faults
+    if faults.agent and faults.agent not in names:
+      found.append(("faults.agent", f"{faults.agent!r} is not an agent of workflow "
+                    f"{self.workflow!r}; use one of {list(names)}, or '' (no injection)"))
+    if faults.enabled and self.rl.old_logprobs == "rollout":
+      found.append(("rl.old_logprobs", "'rollout' with faults on: rewritten tokens were not "
+                    "sampled and carry rollout logprob 0.0, so the PPO ratio would be wrong; use "
+                    "rl.old_logprobs='recompute' (or faults.rate=0)"))
+    keys = tuple(self.workflow_class.OUTCOME_KEYS) if self.workflow in workflows.names() else ()
+    if self.coach_bias.outcome_key and self.coach_bias.outcome_key not in keys:
+      found.append(("coach_bias.outcome_key", f"{self.coach_bias.outcome_key!r} is not an "
+                    f"outcome of workflow {self.workflow!r}; use one of {list(keys)}, or '' "
+                    "(its reward outcome)"))
+    if self.rl.score_recentre == "rolling" and not self.coach_bias.enabled:
+      found.append(("rl.score_recentre", "'rolling' uses the bias guard's means but "
+                    "coach_bias.enabled=False; enable the guard or use 'batch'"))
+    return found
+
+  @property
+  def bias_outcome_key(self) -> str:
+    """The outcome the bias guard compares strata on (coach_bias.outcome_key, else the
+    workflow's reward outcome)."""
+    return self.coach_bias.outcome_key or self.workflow_class.REWARD_OUTCOME_KEY
 
 
 def default_config(workflow: str) -> ml_collections.ConfigDict:

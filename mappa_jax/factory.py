@@ -18,6 +18,7 @@ from mappa_jax.models.tokenizer import Tokenizer
 from mappa_jax.rl import team as team_lib
 from mappa_jax.rollout.config import build_engine
 from mappa_jax.tools.sandbox import Sandbox
+from mappa_jax.workflows import faults
 from mappa_jax.workflows.base import Workflow
 
 
@@ -85,7 +86,13 @@ def build(exp: Experiment, workdir: str, mesh) -> Parts:
     workspaces = os.path.join(workspaces, f"process{distributed.process_index()}")
   parts = dict(engine=engine, tokenizer=tokenizer, coach=coach, sandbox=sandbox,
                workspace_root=workspaces)
+  workflow = exp.workflow_class.from_config(exp, **parts)
+  eval_workflow = exp.workflow_class.from_config(exp, evaluation=True, **parts)
+  # The `faults` section: a no-op unless an agent and a rate are set; evaluations measure the
+  # team as it is unless faults.in_eval.
+  faults.install(workflow, exp.faults, tokenizer)
+  if exp.faults.in_eval:
+    faults.install(eval_workflow, exp.faults, tokenizer)
   return Parts(train_tasks=train_tasks, eval_sets=eval_sets, model_dir=model_dir,
                tokenizer=tokenizer, team=team, engine=engine, coach=coach, sandbox=sandbox,
-               workflow=exp.workflow_class.from_config(exp, **parts),
-               eval_workflow=exp.workflow_class.from_config(exp, evaluation=True, **parts))
+               workflow=workflow, eval_workflow=eval_workflow)

@@ -31,6 +31,7 @@ from mappa_jax import distributed
 from mappa_jax import factory
 from mappa_jax import sharding
 from mappa_jax.checkpoint import CheckpointManager
+from mappa_jax.coach.bias_monitor import BiasMonitor
 from mappa_jax.coach.config import build_stats
 from mappa_jax.coach.types import CoachFatalError
 from mappa_jax.data import batching
@@ -62,6 +63,7 @@ class Trainer:
     self.workflow, self.eval_workflow = parts.workflow, parts.eval_workflow
     self.writer = MetricWriter.from_config(self.exp.logging, self.workdir, self.exp.name)
     self.checkpoints = CheckpointManager.from_config(self.exp.checkpoint, self.workdir)
+    self.bias = BiasMonitor(self.exp.coach_bias, self.exp.bias_outcome_key, self.workdir)
     self.rng = jax.random.key(self.exp.seed)
     self.step = 0
     self.data_state = {"epoch": 0, "batch": 0}
@@ -81,11 +83,13 @@ class Trainer:
     trajs = self.loop.run_until_complete(self._rollout(
         self.workflow, tasks, self.exp.rollout.n_samples_per_prompt))
     t1 = time.perf_counter()
-    batches, metrics = self.team.experience(trajs)
+    # The guard sees the step before the update: rl.score_recentre='rolling' uses its means.
+    bias = self.bias.update(self.step, trajs)
+    batches, metrics = self.team.experience(trajs, stratum_means=self.bias.stratum_means)
     updates, self.rng = self.team.update(batches, self.rng)
     self.loop.run_until_complete(self.team.publish(self.engine, self.step, tuple(batches)))
     t2 = time.perf_counter()
-    metrics.update(self._rollout_metrics(trajs), **updates, **self._coach_scalars())
+    metrics.update(self._rollout_metrics(trajs), **updates, **self._coach_scalars(), **bias)
     metrics.update({"time/rollout_s": t1 - t0, "time/update_s": t2 - t1,
                     "data/epoch": float(self.data_state["epoch"])})
     self.coach_stats.reset()  # statistics are per step (evaluation calls count in the next)
@@ -129,6 +133,8 @@ class Trainer:
     """rollout/* over every process's trajectories: sums and counts, then global means."""
     sums: dict[str, float] = {"trajectories": len(trajs),
                               "errors": sum(bool(t.error) for t in trajs)}
+    if self.exp.faults.enabled:  # workflows/faults.py records every rewrite on the trajectory
+      sums["faults"] = sum(bool(t.metadata.get("fault", {}).get("applied")) for t in trajs)
     for key in self.exp.workflow_class.OUTCOME_KEYS:
       values = [float(t.outcome[key]) for t in trajs if key in t.outcome]
       sums[f"{key}/sum"], sums[f"{key}/n"] = sum(values), len(values)
@@ -139,6 +145,8 @@ class Trainer:
       sums[f"{agent}/truncated"] = sum(bool(a.truncated) for a in actions)
     total = distributed.sum_over_processes(sums)
     out = {"rollout/trajectories": total["trajectories"], "rollout/errors": total["errors"]}
+    if "faults" in total and total["trajectories"]:
+      out["rollout/faults/applied"] = total["faults"] / total["trajectories"]
     for key in self.exp.workflow_class.OUTCOME_KEYS:
       if total[f"{key}/n"]:
         out[f"rollout/{key}"] = total[f"{key}/sum"] / total[f"{key}/n"]
@@ -243,7 +251,7 @@ class Trainer:
           metrics.update(self.evaluate(self.step))
         self.checkpoints.save(self.step, self.team.checkpoint_state(),
                               rng=distributed.global_key(self.rng, self.mesh),
-                              data_state=self.data_state, metrics=metrics,
+                              data_state=self._data_state(), metrics=metrics,
                               force=self.step == num_steps)
         bar.update(1)
         log.info("step %d/%d: %s", self.step, num_steps, self._summary(metrics))
@@ -268,6 +276,11 @@ class Trainer:
               if k.startswith("eval/") and k.endswith(f"/{wf.EVAL_HEADLINE[0]}")]
     return " | ".join(parts)
 
+  def _data_state(self) -> dict:
+    """What a checkpoint keeps beside the weights: the data cursor and the bias guard."""
+    guard = self.bias.state()
+    return self.data_state if guard is None else {**self.data_state, "coach_bias": guard}
+
   def _restore(self, step: int | None = None) -> None:
     """Restores checkpoint `step` (default: the latest, if any) into the team and engine."""
     try:
@@ -287,7 +300,9 @@ class Trainer:
           f"resume with the config that wrote it: --config={original}") from e
     self.loop.run_until_complete(self.team.publish(self.engine, restored.step))
     self.step = restored.step
-    self.data_state = dict(restored.data_state or self.data_state)
+    data_state = dict(restored.data_state or self.data_state)
+    self.bias.restore(data_state.pop("coach_bias", None), self.step)
+    self.data_state = data_state
     if restored.rng is not None:  # saved as a replicated global array
       self.rng = distributed.local_key(restored.rng)
     log.info("resumed from step %d (%s)", self.step, self.checkpoints.directory)

@@ -175,6 +175,18 @@ def test_wrong_type_override_names_the_flag():
     (["checkpoint.keep_best_metric=eval/reward", "eval.every_steps=3"],
      "checkpoint.keep_best_metric", "multiple of eval.every_steps"),
     (["name=my run/1"], "name", "letters"),
+    (["faults.agent=coder", "faults.rate=0.5"], "faults.agent", "'code_executor'"),
+    (["faults.agent=code_executor", "faults.rate=0.5", "rl.old_logprobs=rollout"],
+     "rl.old_logprobs", "'recompute'"),
+    (["faults.rate=1.5"], "faults.rate", "0 <= rate <= 1"),
+    (["faults.kind=typo"], "faults.kind", "'missing_file'"),
+    (["coach.kind=biased"], "coach.bias_task_type", "bias_task_type=<task type>"),
+    (["coach.kind=biased", "coach.bias_task_type=add_sub", "coach.bias_inner=openai"],
+     "coach.base_url", "bias_inner='openai'"),
+    (["rl.score_recentre=rolling", "coach_bias.enabled=False"], "rl.score_recentre",
+     "'batch'"),
+    (["coach_bias.outcome_key=accuracy"], "coach_bias.outcome_key", "'rule_correct'"),
+    (["coach_bias.trend_updates=1"], "coach_bias.trend_updates", ">= 2"),
 ])
 def test_invalid_configs_name_field_and_fix(overrides, field, fix):
   # The smoke preset (random model, hf_dir None) is the plain base every check starts from.

@@ -44,44 +44,38 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 
+from mappa_jax.schema import Section, field, non_negative, positive
+
 OUTCOME = "outcome"
 
 
-@dataclasses.dataclass(frozen=True)
-class BiasGuardConfig:
-  """The guard's settings (see the module docstring).
-
-  Attributes:
-    window_steps: updates pooled into one rolling estimate.
-    trend_updates: estimates over which the gap must have widened (first vs last).
-    min_count: fewest records per stratum in the window for an estimate.
-    n_boot: bootstrap resamples.
-    ci_level: confidence level of the bootstrap CIs.
-    min_widening: coach points the score gap must have moved away from 0.
-    follow_ratio: share of the score gap's move the outcome gap must match to 'follow'.
-    outcome_scale: outcome units -> coach points (outcomes in [0, 1], scores in [0, 10]).
-    require_widening: False: level tests instead of trends (see the module docstring).
-    repeat_every: a warning that keeps holding is repeated every this many updates.
-    seed: bootstrap seed.
-  """
-  window_steps: int = 4
-  trend_updates: int = 4
-  min_count: int = 8
-  n_boot: int = 1000
-  ci_level: float = 0.95
-  min_widening: float = 0.25
-  follow_ratio: float = 0.5
-  outcome_scale: float = 10.0
-  require_widening: bool = True
-  repeat_every: int = 10
-  seed: int = 0
-
-  def __post_init__(self):
-    if self.window_steps < 1 or self.trend_updates < 2 or self.min_count < 2:
-      raise ValueError("BiasGuardConfig: window_steps >= 1, trend_updates >= 2 and "
-                       f"min_count >= 2 are needed, got {self}")
-    if not 0.0 < self.ci_level < 1.0 or self.n_boot < 1:
-      raise ValueError(f"BiasGuardConfig: ci_level in (0, 1) and n_boot >= 1, got {self}")
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class BiasGuardConfig(Section):
+  """The `coach_bias` section: the guard's settings (see the module docstring)."""
+  enabled: bool = field(True, "watch the coach-score gaps between task types in every run "
+                        "(coach_bias/* scalars, <workdir>/coach_bias.jsonl, log warnings)")
+  outcome_key: str = field("", "trajectory.outcome entry the outcome gap is measured on ('' = "
+                           "the workflow's REWARD_OUTCOME_KEY)")
+  window_steps: int = field(4, "updates pooled into one rolling estimate", check=positive,
+                            fix="Use >= 1.")
+  trend_updates: int = field(4, "estimates over which the gap must have widened (first vs "
+                             "last)", check=lambda v: v >= 2, fix="Use >= 2.")
+  min_count: int = field(8, "fewest records per stratum in the window for an estimate",
+                         check=lambda v: v >= 2, fix="Use >= 2.")
+  n_boot: int = field(1000, "bootstrap resamples", check=positive, fix="Use >= 1.")
+  ci_level: float = field(0.95, "confidence level of the bootstrap CIs",
+                          check=lambda v: 0.0 < v < 1.0, fix="Use 0 < ci_level < 1.")
+  min_widening: float = field(0.25, "coach points the score gap must have moved away from 0",
+                              check=non_negative, fix="Use >= 0.")
+  follow_ratio: float = field(0.5, "share of the score gap's move the outcome gap must match "
+                              "to 'follow' it", check=non_negative, fix="Use >= 0.")
+  outcome_scale: float = field(10.0, "outcome units -> coach points (outcomes in [0, 1], "
+                               "scores in [0, 10])", check=positive, fix="Use > 0.")
+  require_widening: bool = field(True, "False: level tests instead of trends (a significant "
+                                 "gap the outcome gap does not explain)")
+  repeat_every: int = field(10, "a warning that keeps holding is repeated every this many "
+                            "updates", check=positive, fix="Use >= 1.")
+  seed: int = field(0, "bootstrap seed")
 
 
 @dataclasses.dataclass(frozen=True)

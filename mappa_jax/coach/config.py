@@ -11,6 +11,7 @@ import os
 from typing import Callable, Literal
 
 from mappa_jax.coach import requests as rq
+from mappa_jax.coach.biased import BiasedCoach
 from mappa_jax.coach.cache import CoachCache
 from mappa_jax.coach.panel import PanelCoach
 from mappa_jax.coach.rule_coach import RuleCoach
@@ -33,9 +34,10 @@ class CoachConfig(Section):
   """The `coach` section: which coach scores every action, and how it is called."""
   kind: str = field("rule", "'rule' (deterministic rubric over verifiable signals, no LLM) | "
                     "'openai' (any OpenAI-compatible endpoint) | 'panel' (several models, "
-                    "aggregated) | 'replay' (answers from cache_path only)",
+                    "aggregated) | 'replay' (answers from cache_path only) | 'biased' "
+                    "(bias_inner's coach +bias_delta on one task type: the bias experiment)",
                     check=lambda v: v in KINDS, fix="Allowed: 'rule', 'openai', 'panel', "
-                    "'replay' (mappa_jax.coach.config.KINDS).")
+                    "'replay', 'biased' (mappa_jax.coach.config.KINDS).")
   model: str = field("", "REF model name sent to the endpoint (part of the cache key: it "
                      "identifies the coach)")
   base_url: str | None = field(None, "OpenAI-compatible endpoint, e.g. https://host/v1 (not "
@@ -109,20 +111,38 @@ class CoachConfig(Section):
                                check=positive, fix="Use >= 1.")
   rule_correct_weight: float = field(6.0, "kind='rule': points for a correct answer",
                                      check=non_negative, fix="Use >= 0.")
+  bias_task_type: str = field("", "kind='biased': the favoured task type (a task's task_type, "
+                              "e.g. 'add_sub', 'regression'); required for 'biased'")
+  bias_delta: float = field(0.0, "kind='biased': coach points added on bias_task_type "
+                            "(negative disfavours; the score stays in [0, 10])")
+  bias_roles: tuple[str, ...] | None = field(None, "kind='biased': only these roles are biased; "
+                                             "None or () = every role")
+  bias_inner: Literal["rule", "openai", "panel", "replay"] = field(
+      "rule", "kind='biased': the coach whose verdicts are biased (its own fields apply)")
   prices: CoachPrices = field(CoachPrices(), "token prices for cost statistics")
+
+  @property
+  def scoring_kind(self) -> str:
+    """The kind that calls a model or a rubric: bias_inner for 'biased', else kind."""
+    return self.bias_inner if self.kind == "biased" else self.kind
 
   def problems(self) -> list[tuple[str, str]]:
     found = []
-    if self.kind in ("openai", "panel") and self.base_url is None:
-      found.append(("base_url", f"is required for coach.kind={self.kind!r}: set "
+    kind = self.scoring_kind
+    named = f"coach.kind={self.kind!r}" + (f" (bias_inner={kind!r})" if kind != self.kind else "")
+    if self.kind == "biased" and not self.bias_task_type:
+      found.append(("bias_task_type", "is required for coach.kind='biased': set "
+                    "--config.coach.bias_task_type=<task type> (e.g. 'add_sub')"))
+    if kind in ("openai", "panel") and self.base_url is None:
+      found.append(("base_url", f"is required for {named}: set "
                     "--config.coach.base_url=https://host/v1 (an OpenAI-compatible endpoint), "
                     "or use coach.kind='rule' / 'replay'"))
-    if self.kind == "openai" and not self.model:
-      found.append(("model", "is empty; coach.kind='openai' needs the model name to request"))
-    if self.kind == "replay" and self.cache_path is None:
-      found.append(("cache_path", "is required for coach.kind='replay' (the cache to answer "
+    if kind == "openai" and not self.model:
+      found.append(("model", f"is empty; {named} needs the model name to request"))
+    if kind == "replay" and self.cache_path is None:
+      found.append(("cache_path", f"is required for {named} (the cache to answer "
                     "from); set --config.coach.cache_path=/path/to/coach_cache.sqlite"))
-    if self.kind == "panel" and not self.panel_models:
+    if kind == "panel" and not self.panel_models:
       found.append(("panel_models", "is empty but coach.kind='panel'; list the member models, "
                     "e.g. --config.coach.panel_models='(\"model-a\", \"model-b\")'"))
     return found
@@ -199,8 +219,15 @@ def _replay(cfg: CoachConfig, workdir: str | None, caches: Caches) -> Coach:
   return (_panel if cfg.panel_models else _openai)(cfg, workdir, caches)
 
 
+def _biased(cfg: CoachConfig, workdir: str | None, caches: Caches) -> Coach:
+  """bias_inner's coach (built from the same section), +bias_delta on bias_task_type."""
+  inner = KINDS[cfg.bias_inner](dataclasses.replace(cfg, kind=cfg.bias_inner), workdir, caches)
+  return BiasedCoach(inner, cfg.bias_task_type, cfg.bias_delta,
+                     roles=cfg.bias_roles or None, name=cfg.name)
+
+
 KINDS: dict[str, Callable[[CoachConfig, str | None, Caches], Coach]] = {
-    "rule": _rule, "openai": _openai, "panel": _panel, "replay": _replay}
+    "rule": _rule, "openai": _openai, "panel": _panel, "replay": _replay, "biased": _biased}
 
 
 def build_coach(cfg: CoachConfig, workdir: str | None = None) -> Coach:

@@ -4,11 +4,14 @@ Reads what the trainer writes under a run workdir:
   <workdir>/config.json                                     run name, workflow, agents
   <workdir>/eval_results/step{step:06d}_{set}.json          EvalReport JSON (runner.write_results)
   <workdir>/eval_results/step{step:06d}_{set}.trajectories.jsonl   records.write_trajectories
+  <workdir>/coach_bias.jsonl                                the bias guard, once per train step
 
 and renders, per eval set: the accuracy curve (mean with its 95% CI band) and every agent's mean
 coach score per eval step as inline SVG, a summary table, and the trajectories of the latest
 step (plus the first step's, so base and final can be compared), each collapsible, showing
-every agent's input, output, tool runs, coach score and rationale, and the outcome.
+every agent's input, output, tool runs, coach score and rationale, and the outcome; then a
+'Coach bias' section: per agent, its score gaps between task types with their CI bands beside
+the outcome gaps (x outcome_scale), and a table of the guard's warnings.
 
 The file has inline CSS and SVG only: no JavaScript, no external URL, so it opens anywhere
 (also from a copied-out file). Model and tool text is untrusted and always html-escaped.
@@ -373,6 +376,89 @@ def _set_html(name: str, runs: dict[int, dict[str, Any]], agents: Sequence[str],
   return "".join(out)
 
 
+# ----------------------------------------------------------------------------- coach bias
+
+_BIAS_PREFIX = "coach_bias/"
+_OUTCOME = "outcome"  # coach.bias_guard.OUTCOME, the outcome gaps' namespace
+
+
+def load_coach_bias(workdir: str) -> list[dict[str, Any]]:
+  """<workdir>/coach_bias.jsonl (coach/bias_monitor.py), one entry per step in step order (a
+  step written twice, by a resumed run, keeps its last line); [] when there is none."""
+  path = os.path.join(workdir, "coach_bias.jsonl")
+  by_step: dict[int, dict[str, Any]] = {}
+  if os.path.exists(path):
+    with open(path, encoding="utf-8") as f:
+      for line in f:
+        if line.strip():
+          entry = json.loads(line)
+          by_step[int(entry["step"])] = entry
+  return [by_step[s] for s in sorted(by_step)]
+
+
+def _gap_series(entries: Sequence[dict[str, Any]], who: str, scale: float = 1.0
+                ) -> dict[str, list[tuple]]:
+  """{'a_minus_b': [(step, gap, ci_low, ci_high), ...]} of one agent (or the outcome) x scale."""
+  out: dict[str, list[tuple]] = {}
+  prefix = f"{_BIAS_PREFIX}{who}/"
+  for e in entries:
+    scalars = e.get("scalars", {})
+    for key, value in scalars.items():
+      pair = key[len(prefix):] if key.startswith(prefix) else ""
+      if "_minus_" not in pair or "/" in pair:
+        continue
+      lo, hi = scalars.get(f"{key}/ci_low"), scalars.get(f"{key}/ci_high")
+      out.setdefault(pair, []).append(
+          (e["step"], value * scale, None if lo is None else lo * scale,
+           None if hi is None else hi * scale))
+  return out
+
+
+def coach_bias_html(entries: Sequence[dict[str, Any]], agents: Sequence[str],
+                    roles: dict[str, str], outcome_scale: float = 10.0) -> str:
+  """The 'Coach bias' section: per agent, each score gap between task types with its CI band
+  and the outcome gap x outcome_scale (coach points) beside it; then the guard's warnings."""
+  out = ['<h2 id="coach-bias">Coach bias</h2>']
+  if not entries:
+    return "".join(out + ['<p class="left-out">No coach_bias.jsonl in the workdir (the bias '
+                          'guard is off, or no step has finished yet).</p>'])
+  out.append(f'<p class="meta">Per agent: the coach-score gap between task types (rolling '
+             f'window, bootstrap CI band) and the outcome gap x{outcome_scale:g} on the same '
+             'points scale. A score gap that widens while the outcome gap stays flat is the '
+             'signature of a biased coach.</p>')
+  outcome = _gap_series(entries, _OUTCOME, outcome_scale)
+  # Agents the config does not list (no config.json) still get their charts, after the team.
+  logged = sorted({k[len(_BIAS_PREFIX):].split("/")[0] for e in entries
+                   for k in e.get("scalars", {}) if k.count("/") >= 2} - {_OUTCOME})
+  charts = []
+  for agent in list(agents) + [a for a in logged if a not in agents]:
+    gaps = _gap_series(entries, agent)
+    if not gaps:
+      continue
+    series = [{"label": f"score {pair.replace('_minus_', ' - ')}", "points": pts}
+              for pair, pts in sorted(gaps.items())]
+    series += [{"label": f"outcome {pair.replace('_minus_', ' - ')} x{outcome_scale:g}",
+                "points": [(p[0], p[1], None, None) for p in outcome[pair]]}
+               for pair in sorted(gaps) if pair in outcome]
+    values = [v for s in series for p in s["points"] for v in p[1:] if v is not None]
+    lo, hi = min(values + [0.0]), max(values + [0.0])
+    pad = 0.1 * (hi - lo) or 1.0
+    charts.append(svg_chart(f"{roles.get(agent, agent)}: score gap between task types",
+                            series, y_min=lo - pad, y_max=hi + pad))
+  out.append(f'<div class="charts">{"".join(charts)}</div>' if charts else
+             '<p class="left-out">No stratum has enough scored actions in the window yet '
+             '(coach_bias.min_count) for a gap.</p>')
+  warnings = [(e["step"], w) for e in entries for w in e.get("warnings", ())]
+  if warnings:
+    rows = "".join(f"<tr><td>{s}</td><td style=\"text-align:left\">{_e(w)}</td></tr>"
+                   for s, w in warnings)
+    out.append(f'<table class="bias-warnings"><tr><th>step</th><th>warning</th></tr>{rows}'
+               '</table>')
+  else:
+    out.append(f'<p class="meta">No bias warnings ({len(entries)} steps watched).</p>')
+  return "".join(out)
+
+
 def build_report(workdir: str, *, max_trajectories: int = 100,
                  max_text_chars: int = 20000) -> str:
   """Renders the run's report as one self-contained HTML document.
@@ -400,6 +486,8 @@ def build_report(workdir: str, *, max_trajectories: int = 100,
                                              for n, r in sorted(run["sets"].items())) + "</p>")
   for name, runs in sorted(run["sets"].items()):
     body.append(_set_html(name, runs, run["agents"], roles, max_trajectories, max_text_chars))
+  scale = float((config.get("coach_bias") or {}).get("outcome_scale", 10.0))
+  body.append(coach_bias_html(load_coach_bias(workdir), run["agents"], roles, scale))
   return (f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">'
           f'<meta name="viewport" content="width=device-width, initial-scale=1">'
           f'<title>{_e(title)}</title><style>{_CSS}</style></head><body>'

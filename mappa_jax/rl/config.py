@@ -26,6 +26,7 @@ LossAggregation = Literal["seq_mean_token_mean", "token_mean", "seq_mean_token_s
 AdvantageEstimator = Literal["reinforce_pp", "reinforce_pp_baseline", "grpo", "outcome"]
 Baseline = Literal["none", "grpo", "reinforce_baseline"]
 Impl = Literal["xla", "pallas", "reference"]
+ScoreRecentre = Literal["none", "batch", "rolling"]
 
 # rl.advantage_estimator -> the per-prompt group baseline applied to action rewards.
 _BASELINE_OF: dict[str, Baseline] = {"reinforce_pp": "none", "reinforce_pp_baseline":
@@ -72,6 +73,10 @@ class RLConfig(Section):
                            fix="Use > 0.")
   max_strata: int = field(8, "most task-type strata a batch may hold (per-stratum whitening)",
                           check=positive, fix="Use >= 1.")
+  score_recentre: ScoreRecentre = field(
+      "none", "re-centre rewards per task type before the update (a biased-coach mitigation, "
+      "rl/stratum.py): 'none' | 'batch' (this step's per-type means, global across processes) "
+      "| 'rolling' (the bias guard's window means x reward_scale; needs coach_bias.enabled)")
   eps_clip_low: float = field(0.2, "REF PPO ratio lower clip: 1 - eps",
                               check=lambda v: 0 < v < 1, fix="Use 0 < eps_clip_low < 1.")
   eps_clip_high: float = field(0.2, "REF PPO ratio upper clip: 1 + eps", check=positive,
@@ -98,10 +103,15 @@ class RLConfig(Section):
                                   check=non_negative, fix="Use >= 0.")
 
   def problems(self) -> list[tuple[str, str]]:
+    found = []
     if self.kl_placement == "loss" and self.kl_estimator == "k1":
-      return [("kl_estimator", "'k1' as a loss term has zero expected gradient of the KL; with "
-               "rl.kl_placement='loss' use 'k3' (or 'k2'), or keep kl_placement='reward'")]
-    return []
+      found.append(("kl_estimator", "'k1' as a loss term has zero expected gradient of the KL; "
+                    "with rl.kl_placement='loss' use 'k3' (or 'k2'), or keep "
+                    "kl_placement='reward'"))
+    if self.score_recentre == "rolling" and self.advantage_estimator == "outcome":
+      found.append(("score_recentre", "'rolling' subtracts the guard's mean coach scores, but "
+                    "advantage_estimator='outcome' rewards outcomes; use 'batch' (or 'none')"))
+    return found
 
   @property
   def baseline(self) -> Baseline:

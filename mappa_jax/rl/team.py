@@ -17,11 +17,12 @@ import dataclasses
 import logging
 import math
 import os
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 from flax import nnx
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from mappa_jax import distributed
 from mappa_jax import sharding
@@ -30,6 +31,7 @@ from mappa_jax.models import tiny
 from mappa_jax.models.config import PRESETS
 from mappa_jax.rl import global_batch
 from mappa_jax.rl import objectives
+from mappa_jax.rl import stratum
 from mappa_jax.rl.config import UpdateConfig
 from mappa_jax.rl.experience import TrainBatch, build_train_batch
 from mappa_jax.rl.update import TrainState, advantage_stats_fn, init_train_state, make_update_step
@@ -150,14 +152,21 @@ class Team:
 
   # -------------------------------------------------------------------------- experience
 
-  def experience(self, trajs: list[Trajectory]
+  def experience(self, trajs: list[Trajectory],
+                 stratum_means: Callable[[str], Mapping[str, float]] | None = None
                  ) -> tuple[dict[str, TrainBatch], dict[str, float]]:
     """Every agent's actions -> its TrainBatch (global across processes); agents without
-    actions are left out (their update is skipped)."""
+    actions are left out (their update is skipped).
+
+    stratum_means: agent -> {stratum: mean coach score} (the bias guard's window), used by
+    rl.score_recentre='rolling'.
+    """
     batches, metrics = {}, {}
     for agent in self.agents:
       cfg = self.configs[agent]
       batch, stats = build_train_batch(trajs, agent, cfg, neutral_score=self.neutral_score)
+      if cfg.score_recentre != "none":  # on the local batch: globalize keeps the rewards
+        batch = self._recentre(agent, batch, stats["strata"], stratum_means)
       batch, stats = global_batch.globalize(batch, stats, trajs, agent, self.mesh, cfg)
       for key in ("actions", "invalid", "truncated", "left_truncated"):
         metrics[f"experience/{agent}/{key}"] = float(stats[key])
@@ -166,6 +175,37 @@ class Team:
         continue
       batches[agent] = batch
     return batches, metrics
+
+  def _recentre(self, agent: str, batch: TrainBatch, names: list[str],
+                stratum_means: Callable[[str], Mapping[str, float]] | None) -> TrainBatch:
+    """rl.score_recentre: the batch with per-stratum re-centred rewards (rl/stratum.py).
+
+    The per-stratum means and the common level are those of every process's counted actions
+    ('batch'), or the guard's window means x rl.reward_scale where it has them ('rolling'); so
+    every process re-centres alike.
+    """
+    cfg = self.configs[agent]
+    rewards, strata = np.asarray(batch.rewards, np.float64), np.asarray(batch.strata)
+    counted = np.asarray(batch.valid) & ~np.asarray(batch.invalid)
+    local: dict[str, list[float]] = {}
+    for r, s in zip(rewards[counted], strata[counted]):
+      entry = local.setdefault(names[int(s)], [0.0, 0])
+      entry[0], entry[1] = entry[0] + float(r), entry[1] + 1
+    totals: dict[str, list[float]] = {}
+    for part in distributed.allgather_json(local):
+      for name, (total, n) in part.items():
+        entry = totals.setdefault(name, [0.0, 0])
+        entry[0], entry[1] = entry[0] + total, entry[1] + n
+    if not totals:
+      return batch
+    means = {name: total / n for name, (total, n) in totals.items()}
+    level = sum(t for t, _ in totals.values()) / sum(n for _, n in totals.values())
+    if cfg.score_recentre == "rolling":
+      window = stratum_means(agent) if stratum_means is not None else {}
+      # The guard names an empty task type 'none' (coach.bias_guard.records_from_trajectories).
+      means.update({name: window[name or "none"] * cfg.reward_scale for name in means
+                    if (name or "none") in window})
+    return stratum.recentre_batch(batch, strata_names=names, means=means, target=level)
 
   # ------------------------------------------------------------------------------ update
 

@@ -38,11 +38,12 @@ import hashlib
 import logging
 import re
 from fractions import Fraction
-from typing import Any, Sequence
+from typing import Any, Literal, Sequence
 
 import numpy as np
 
 from mappa_jax.rollout.types import Completion, SamplingParams
+from mappa_jax.schema import Section, field
 from mappa_jax.tools import arith
 
 log = logging.getLogger(__name__)
@@ -55,48 +56,36 @@ FAULT_KINDS = {
 }
 
 
-@dataclasses.dataclass(frozen=True)
-class FaultConfig:
-  """The `faults` config section: which agent is faulty, how, and how often.
+FaultKind = Literal["wrong_operand", "wrong_answer", "missing_file"]
 
-  Attributes:
-    agent: name of the faulty agent ('code_executor', 'data_engineer'); '' = no injection.
-    kind: 'wrong_operand' | 'wrong_answer' | 'missing_file' (see the module docstring).
-    rate: probability that a trajectory is faulty (drawn per task and sample).
-    seed: seed of the per-trajectory draws and of each rewrite's choices.
-    file: missing_file: the file the agent fails to save.
-    max_delta: wrong_operand / wrong_answer: the wrong number is off by 1..max_delta.
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class FaultsConfig(Section):
+  """The `faults` section: which agent is faulty, how, and how often (see the module docstring).
+
+  Which agent names are valid depends on the workflow: Experiment.problems checks `agent`.
   """
-  agent: str = ""
-  kind: str = "wrong_operand"
-  rate: float = 0.0
-  seed: int = 0
-  file: str = "X_test.pkl"
-  max_delta: int = 3
+  agent: str = field("", "the faulty agent, e.g. 'code_executor', 'data_engineer' ('' = no "
+                     "injection)")
+  kind: FaultKind = field("wrong_operand", "'wrong_operand' (its first program computes a "
+                          "different expression) | 'wrong_answer' (its final answer is a "
+                          "nearby wrong number) | 'missing_file' (it never saves `file`)")
+  rate: float = field(0.0, "probability that a trajectory is faulty (drawn per task and sample)",
+                      check=lambda v: 0.0 <= v <= 1.0, fix="Use 0 <= rate <= 1.")
+  seed: int = field(0, "seed of the per-trajectory draws and of each rewrite's choices")
+  file: str = field("X_test.pkl", "kind='missing_file': the file the agent fails to save")
+  max_delta: int = field(3, "wrong_operand / wrong_answer: the wrong number is off by "
+                         "1..max_delta", check=lambda v: v >= 1, fix="Use >= 1.")
+  in_eval: bool = field(False, "inject into evaluations too (default: training rollouts only)")
 
-  def __post_init__(self):
-    if self.kind not in FAULT_KINDS:
-      raise ValueError(f"faults.kind must be one of {sorted(FAULT_KINDS)}, got {self.kind!r}")
-    if not 0.0 <= self.rate <= 1.0:
-      raise ValueError(f"faults.rate must be in [0, 1], got {self.rate}")
-    if self.max_delta < 1:
-      raise ValueError(f"faults.max_delta must be >= 1, got {self.max_delta}")
+  def problems(self) -> list[tuple[str, str]]:
     if self.kind == "missing_file" and not self.file:
-      raise ValueError("faults.file must name the file for kind 'missing_file'")
+      return [("file", "is empty; kind='missing_file' needs the file the agent fails to save")]
+    return []
 
   @property
   def enabled(self) -> bool:
     return bool(self.agent) and self.rate > 0.0
-
-  @classmethod
-  def from_config(cls, section) -> "FaultConfig":
-    """From a ConfigDict/dict section; unknown keys are an error, missing ones default."""
-    names = {f.name for f in dataclasses.fields(cls)}
-    unknown = set(section.keys()) - names
-    if unknown:
-      raise ValueError(f"faults: unknown config field(s) {sorted(unknown)}; known: "
-                       f"{sorted(names)}")
-    return cls(**{k: section[k] for k in section.keys()})
 
 
 def _key_rng(*parts: Any) -> np.random.Generator:
@@ -318,7 +307,7 @@ class FaultInjector:
     tokenizer: the agents' tokenizer (rewritten text is encoded with it).
   """
 
-  def __init__(self, config: FaultConfig, tokenizer):
+  def __init__(self, config: FaultsConfig, tokenizer):
     self.config = config
     self.tokenizer = tokenizer
     self._eos = set(tokenizer.eos_token_ids)
@@ -400,7 +389,7 @@ class FaultInjector:
     traj.metadata["faults"] = faults
 
 
-def install(workflow, config: FaultConfig, tokenizer):
+def install(workflow, config: FaultsConfig, tokenizer):
   """`FaultInjector(config, tokenizer).install(workflow)` when the fault is enabled, else the
   workflow unchanged (so a disabled `faults` section costs nothing)."""
   if not config.enabled:

@@ -147,3 +147,27 @@ def test_records_from_trajectories():
   scores, outcomes = bg.records_from_trajectories(trajs, "rule_correct")
   assert scores == [bg.ScoreRecord("solver", "add_sub", 7.0), bg.ScoreRecord("solver", "none", 3.0)]
   assert outcomes == [bg.OutcomeRecord("add_sub", 1.0)]
+
+
+def test_monitor_logs_every_step_and_a_restore_drops_the_lines_after_it(tmp_path):
+  from mappa_jax.coach.bias_monitor import BiasMonitor  # pylint: disable=g-import-not-at-top
+
+  def traj(i, task_type, score):
+    act = Action(agent="solver", turn=0, prompt_ids=[1], response_ids=[2],
+                 rollout_logprobs=[0.0], finish_reason="stop",
+                 coach=CoachResult(status="scored", score=score))
+    return Trajectory(f"t{i}", 0, task_type, actions=[act], outcome={"rule_correct": 1.0})
+
+  cfg = bg.BiasGuardConfig(min_count=2, n_boot=20)
+  monitor = BiasMonitor(cfg, "rule_correct", str(tmp_path))
+  batch = [traj(0, "a", 9.0), traj(1, "a", 8.0), traj(2, "b", 4.0), traj(3, "b", 5.0)]
+  first = monitor.update(1, batch)
+  assert first["coach_bias/solver/a_minus_b"] == 4.0
+  state = json.loads(json.dumps(monitor.state()))  # what the checkpoint stores
+  second = monitor.update(2, batch)
+  resumed = BiasMonitor(cfg, "rule_correct", str(tmp_path))
+  resumed.restore(state, 1)
+  lines = (tmp_path / "coach_bias.jsonl").read_text().splitlines()
+  assert [json.loads(line)["step"] for line in lines] == [1]
+  assert resumed.update(2, batch) == second  # the same estimates as without the restart
+  assert not BiasMonitor(bg.BiasGuardConfig(enabled=False), "rule_correct", None).update(1, batch)

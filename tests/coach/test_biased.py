@@ -3,6 +3,7 @@ import asyncio
 import dataclasses
 
 from mappa_jax.coach.biased import BiasedCoach
+from mappa_jax.coach.config import CoachConfig, build_coach
 from mappa_jax.coach.panel import PanelCoach, PanelResult
 from mappa_jax.coach.rule_coach import RuleCoach
 from mappa_jax.coach.stats import CoachStats
@@ -58,3 +59,16 @@ def test_roles_filter_and_any_inner_coach():
   assert stats.to_scalars()["coach/verifier/score_mean/mul_div"] == 6.0
   assert coach.describe()["inner"]["kind"] == "rule" and coach.describe()["delta"] == 2.0
   assert dataclasses.is_dataclass(got)
+
+
+def test_coach_kind_biased_builds_the_wrapper_around_bias_inner():
+  cfg = CoachConfig(kind="biased", bias_task_type="mul_div", bias_delta=1.5,
+                    bias_roles=("Problem Solver",))
+  coach = build_coach(cfg)
+  assert isinstance(coach, BiasedCoach) and isinstance(coach.inner, RuleCoach)
+  assert coach.task_type == "mul_div" and coach.delta == 1.5
+  assert coach.roles == frozenset({"problem_solver"})
+  req = dict(role="problem_solver", output="not sure", ground_truth=None)
+  assert run(coach, **req, task_type="mul_div").score == 3.5
+  assert run(coach, **req, task_type="add_sub").score == 2.0
+  assert build_coach(dataclasses.replace(cfg, bias_roles=())).roles is None  # () = every role

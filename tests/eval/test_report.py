@@ -316,3 +316,28 @@ def test_trainer_evaluate_writes_dumps_and_report(tmp_path):
   with open(os.path.join(workdir, "report.html"), encoding="utf-8") as f:
     page = f.read()
   assert page.count('<details class="traj correct') == n and "latest (step 3)" in page
+
+
+def test_coach_bias_section_charts_gaps_with_bands_and_lists_warnings(tmp_path):
+  gap = "coach_bias/solver/add_minus_mul"
+  lines = [{"step": s, "scalars": {gap: g, f"{gap}/ci_low": g - 0.5, f"{gap}/ci_high": g + 0.5,
+                                   f"{gap}/warn": float(s == 3), "coach_bias/warnings": 0.0,
+                                   "coach_bias/outcome/add_minus_mul": 0.01},
+            "warnings": ["coach bias? step 3: solver <scores> add"] if s == 3 else []}
+           for s, g in ((1, 0.2), (2, 0.9), (3, 1.6))]
+  lines.append({**lines[1], "scalars": {**lines[1]["scalars"], gap: 1.0}})  # step 2 rerun
+  with open(tmp_path / "coach_bias.jsonl", "w") as f:
+    f.writelines(json.dumps(e) + "\n" for e in lines)
+  assert [e["step"] for e in report_lib.load_coach_bias(str(tmp_path))] == [1, 2, 3]
+  text = report_lib.build_report(str(tmp_path))
+  dom = _parse(text)
+  assert '<h2 id="coach-bias">Coach bias</h2>' in text
+  assert 'class="ci"' in text  # the CI band of the score gap
+  points = dom.find("circle", "pt")
+  score = [p for p in points if p["data-series"] == "score add - mul"]
+  assert [(p["data-step"], p["data-value"]) for p in score] == [("1", "0.2"), ("2", "1"),
+                                                                 ("3", "1.6")]
+  outcome = [p for p in points if p["data-series"] == "outcome add - mul x10"]
+  assert [p["data-value"] for p in outcome] == ["0.1"] * 3  # x coach_bias.outcome_scale
+  assert "&lt;scores&gt;" in text and "<scores>" not in text  # warnings are escaped
+  assert "No coach_bias.jsonl" in report_lib.build_report(str(tmp_path / "none"))

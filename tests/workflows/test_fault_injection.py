@@ -12,6 +12,7 @@ from mappa_jax.coach.rule_coach import RuleCoach
 from mappa_jax.data import synthetic
 from mappa_jax.data.loaders import Task
 from mappa_jax.rollout.types import SamplingParams
+from mappa_jax.schema import from_configdict, to_configdict
 from mappa_jax.sft import demos
 from mappa_jax.tools import arith
 from mappa_jax.workflows import faults
@@ -26,15 +27,15 @@ def rng(seed=0):
 
 
 def test_fault_config_is_validated():
-  assert not faults.FaultConfig().enabled
-  assert faults.FaultConfig("code_executor", rate=0.5).enabled
-  with pytest.raises(ValueError, match="faults.kind"):
-    faults.FaultConfig("a", kind="typo")
-  with pytest.raises(ValueError, match="faults.rate"):
-    faults.FaultConfig("a", rate=1.5)
-  with pytest.raises(ValueError, match="unknown config field"):
-    faults.FaultConfig.from_config({"agent": "a", "rat": 0.5})
-  cfg = faults.FaultConfig.from_config({"agent": "a", "kind": "missing_file", "rate": 1.0})
+  assert not faults.FaultsConfig().enabled
+  assert faults.FaultsConfig(agent="code_executor", rate=0.5).enabled
+  with pytest.raises(ValueError, match="kind"):
+    faults.FaultsConfig(agent="a", kind="typo")
+  with pytest.raises(ValueError, match="rate"):
+    faults.FaultsConfig(agent="a", rate=1.5)
+  with pytest.raises(ValueError, match="unknown field"):
+    from_configdict(faults.FaultsConfig, {**to_configdict(faults.FaultsConfig()), "rat": 0.5})
+  cfg = faults.FaultsConfig(agent="a", kind="missing_file", rate=1.0)
   assert cfg.file == "X_test.pkl" and cfg.enabled
 
 
@@ -111,13 +112,13 @@ def test_drop_file_writes_removes_every_write_and_keeps_the_program_valid(tmp_pa
 
 
 def test_faulty_trajectories_are_drawn_per_task_and_sample():
-  inj = faults.FaultInjector(faults.FaultConfig("a", rate=0.3, seed=7), tokenizer=_FakeTok())
+  inj = faults.FaultInjector(faults.FaultsConfig(agent="a", rate=0.3, seed=7), tokenizer=_FakeTok())
   draws = [inj.is_faulty(f"t{i}", s) for i in range(200) for s in range(2)]
   assert draws == [inj.is_faulty(f"t{i}", s) for i in range(200) for s in range(2)]
   assert 90 <= sum(draws) <= 150  # 400 draws at 0.3 (a fixed hash: this count never changes)
   assert draws != [inj.is_faulty(f"t{i}", 1 - s) for i in range(200) for s in range(2)]
-  none = faults.FaultInjector(faults.FaultConfig("a", rate=0.0), _FakeTok())
-  every = faults.FaultInjector(faults.FaultConfig("a", rate=1.0), _FakeTok())
+  none = faults.FaultInjector(faults.FaultsConfig(agent="a", rate=0.0), _FakeTok())
+  every = faults.FaultInjector(faults.FaultsConfig(agent="a", rate=1.0), _FakeTok())
   assert not any(none.is_faulty(f"t{i}", 0) for i in range(50))
   assert all(every.is_faulty(f"t{i}", 0) for i in range(50))
 
@@ -147,7 +148,7 @@ def _scores(traj):
 def test_code_executor_fault_runs_in_the_sandbox_and_is_recorded(tokenizer, sandbox, tmp_path):
   tasks = synthetic.generate(4, seed=11)
   clean, _ = _mathchat(tokenizer, sandbox, tmp_path, tasks)
-  fault = faults.FaultConfig("code_executor", "wrong_operand", rate=1.0, seed=3)
+  fault = faults.FaultsConfig(agent="code_executor", kind="wrong_operand", rate=1.0, seed=3)
   faulty, engine = _mathchat(tokenizer, sandbox, tmp_path, tasks, fault)
   for c, f, task in zip(clean, faulty, tasks):
     assert "fault" not in c.metadata and c.outcome["rule_correct"] == 1.0
@@ -178,7 +179,7 @@ def test_code_executor_fault_runs_in_the_sandbox_and_is_recorded(tokenizer, sand
 
 def test_problem_solver_fault_and_a_rate_below_one(tokenizer, sandbox, tmp_path):
   tasks = synthetic.generate(12, seed=2)
-  fault = faults.FaultConfig("problem_solver", "wrong_answer", rate=0.5, seed=1)
+  fault = faults.FaultsConfig(agent="problem_solver", kind="wrong_answer", rate=0.5, seed=1)
   trajs, _ = _mathchat(tokenizer, sandbox, tmp_path, tasks, fault)
   drawn = [t.metadata["fault"]["faulty"] for t in trajs]
   inj = faults.FaultInjector(fault, tokenizer)
@@ -258,7 +259,8 @@ def test_data_engineer_never_saves_x_test(tokenizer, sandbox, tmp_path, ds_task)
   assert _scores(clean) == [("data_engineer", 0, 10.0), ("data_engineer", 1, 2.0),
                             ("modeler", 0, 10.0), ("modeler", 1, 2.0), ("analyst", 0, 9.0),
                             ("analyst", 1, 2.0)]
-  fault = faults.FaultConfig("data_engineer", "missing_file", rate=1.0, file="X_test.pkl")
+  fault = faults.FaultsConfig(agent="data_engineer", kind="missing_file", rate=1.0,
+                              file="X_test.pkl")
   traj = _dsbench(tokenizer, sandbox, tmp_path, ds_task, fault)
   (rec,) = traj.metadata["faults"]  # turn 2 has no code: nothing to remove there
   assert rec["action_index"] == 0 and rec["detail"]["removed"] == [
