@@ -18,12 +18,17 @@ answer is signals['answer'] or else the last `\\boxed{...}` of that text.
   - Verifier: the Problem Solver rubric.
   Verifiable caps (credit assignment without the label: each catches the agent that made the
   mistake, not the ones that relayed it):
-      a false stated calculation in the visible text (`12 + 5 - 3 = 16`; mappa_jax.tools.arith)
-      caps the rubric at 4;
+      a false stated calculation in the visible text (`12 + 5 - 3 = 16`, `3/4 = 70%`;
+      mappa_jax.tools.arith; a quotient with a remainder, a mixed number or a compound
+      quantity after the result is another notation and not judged) caps the rubric at 4;
       Code Executor: a straight-line arithmetic program (assignments and prints only) that
-      computes with a number the problem does not contain (0 and 1 allowed) caps it at 3: the
-      program transcribes a different calculation. The program checked is the action's own,
-      else (a report) the one that produced the last tool output it has seen.
+      computes with a number the problem neither states (digits, `1,000`, `25%` as .25 and
+      .75, number words: `three`, `dozen`, `twice`) nor implies by its units (60 for hours, 7
+      for weeks, 100 for percent or cents, ...; 0 and 1 allowed) caps it at 3: the program
+      transcribes a different calculation. When the role may see the label and the program
+      prints it, there is no cap (a correct result is not a misread operand). The program
+      checked is the action's own, else (a report) the one that produced the last tool output
+      it has seen.
   When the role may see the label (default: Verifier), correctness dominates:
       score = 0.4 * rubric + 6 * correct, correct = is_equivalent(answer, label), and
       answer_correct is reported.
@@ -40,16 +45,20 @@ DSBench rubric (0-10):
     it): a missing file owned by an upstream role (workflows.dsbench.REQUIRED_FILES, or
     signals['owned_files'] for this agent) that its owner never saved (request.upstream_files)
     is excused: it is left out of the artifacts share, and a run that failed on it
-    (FileNotFoundError / No such file naming it) counts as ran. An agent that hit such a file
-    (in this action's tool output or an earlier turn's) is blocked: its own missing outputs
-    and an invalid submission are excused too, and instead of the quality cap its score is
-    capped at 9 (10 needs a verified outcome). A file its owner saved and that is gone now is
-    not excused (someone deleted it).
+    (FileNotFoundError / No such file naming it) counts as ran. An agent whose own run (this
+    action's tool output or an earlier turn's, never an error quoted by an upstream hand-off)
+    failed on such a file and that did not deliver (own outputs missing; the Analyst: no
+    valid submission) is blocked: its own missing outputs are excused, an invalid submission
+    still earns no point, and its score is capped at 7.5. One that delivered anyway
+    recovered: the Analyst's quality cap below is raised by 2 (at most 9), so a fair recovery
+    (AUC >= .65: 8) earns more than stopping, and stopping more than a poor or junk
+    submission (AUC < .65: 5-6).
+    A file its owner saved and that is gone now is not excused (someone deleted it).
   - When the Analyst may see the outcome and signals carry metric_value, the reference's caps
-    apply: a higher-is-better metric in [0, 1] (AUC, accuracy, F1): >= .85 -> 9, >= .75 -> 8,
-    >= .65 -> 6, >= .55 -> 4, else 3; otherwise, with baseline_value, the ratio to the baseline
-    (error / baseline error, or baseline / score when higher is better): < .5 -> 9, < .75 -> 8,
-    < .9 -> 6, < 1 -> 4, else 3.
+    apply (unless it is blocked): a higher-is-better metric in [0, 1] (AUC, accuracy, F1):
+    >= .85 -> 9, >= .75 -> 8, >= .65 -> 6, >= .55 -> 4, else 3; otherwise, with
+    baseline_value, the ratio to the baseline (error / baseline error, or baseline / score
+    when higher is better): < .5 -> 9, < .75 -> 8, < .9 -> 6, < 1 -> 4, else 3.
 """
 from __future__ import annotations
 
@@ -66,6 +75,16 @@ from mappa_jax.tools import code_blocks
 log = logging.getLogger(__name__)
 
 RULE_RUBRIC_HASH = rubrics.template_hash(__doc__)
+
+# DSBench, an agent stopped by a missing upstream file (module docstring). Below a good
+# fault-free run (8-9) and above a junk submission (3-4); a recovery's quality cap gets
+# RECOVERY_BONUS, so delivering a fair result (AUC >= .65: 6 + 2) beats stopping. Not lower:
+# stopping correctly must keep an innocent agent >= 90 % of its fault-free mean. The scripted
+# analyst of benchmarks/blame.py scores (quality cap, report 2) fault-free: mean quality cap
+# ~8.1 on the first 8 suite tasks, ~7.4 on all 16; it keeps (7.5 + 2) / (8.1 + 2) = 94 % and
+# 101 %. A cap of 6.5 would keep 84 % and 91 %, a cap of 6: 79 % and 85 %.
+BLOCKED_CAP = 7.5
+RECOVERY_BONUS = 2.0
 
 
 def _grading():
@@ -202,6 +221,23 @@ def _not_found(text: str, name: str) -> bool:
                    + re.escape(name), text or "") is not None
 
 
+_OWN_TURNS = "<|im_start|>assistant"
+
+
+def _own_tool_outputs(request: CoachRequest) -> str:
+  """The tool output this agent itself got: this action's, and its earlier turns' (the
+  <tool_response>s after its first own turn in its input). Upstream hand-offs are in the
+  first user message, before any own turn, and special tokens are stripped from them, so an
+  error an upstream agent quotes is not mistaken for this agent's own. Under a chat template
+  without ChatML markers only this action's output counts (it never excuses more)."""
+  own = [(request.tool_observation or "").split(_WORKSPACE_NOTE)[0]]
+  text = request.agent_input or ""
+  first = text.find(_OWN_TURNS)
+  if first >= 0:
+    own += [r.split(_WORKSPACE_NOTE)[0] for r in _TOOL_RESPONSE.findall(text[first:])]
+  return "\n".join(own)
+
+
 def _failed_runs_on(observation: str, names: list[str]) -> int:
   """Runs of this action's tool output that failed opening one of `names` (a run with output
   and a traceback is formatted without an '[Execution ...]' header: the traceback counts)."""
@@ -300,9 +336,18 @@ class RuleCoach:
       programs, where = _checked_programs(request)
       foreign = sorted({v for code in programs
                         for v in (arith.foreign_operands(code, request.task) or ())})
-      if foreign:
+      listed = ", ".join(arith.format_number(v) for v in foreign)
+      printed = [v for code in programs if (prog := arith.straight_line(code)) is not None
+                 for v in prog.printed]
+      # A misread operand changes the result; with the label at hand a program that prints it
+      # used a constant of its own (a conversion, a count the story implies), not a misreading.
+      if (foreign and printed and rq.ground_truth_visible(request, self.ground_truth_roles)
+          and grading.is_equivalent(arith.format_number(printed[-1]), request.ground_truth)):
+        sheet.lines.append(f"no cap: {where} uses number(s) the problem does not state "
+                           f"({listed}) but prints the labelled answer")
+      elif foreign:
         caps.append((3.0, f"{where} computes with number(s) the problem does not contain: "
-                          + ", ".join(arith.format_number(v) for v in foreign)))
+                          + listed))
     for cap, why in caps:
       if sheet.total > cap:
         sheet.lines.append(f"cap {cap:g}: {why}")
@@ -333,12 +378,21 @@ class RuleCoach:
     excused = sorted(f for f in missing & set(required) if f not in own
                      and (owner := _owner_of(f)) is not None and owner != role
                      and f not in saved_by.get(owner, set()))
-    blocked = any(_not_found(request.tool_observation.split(_WORKSPACE_NOTE)[0], f)
-                  or _not_found(request.agent_input, f) for f in excused)
+    # Did it deliver its own part anyway (own outputs saved; the Analyst: a valid submission)?
+    valid = bool(sig.get("submission_valid", False))
+    delivered = not (own & missing & set(required)) and (valid or not is_analyst)
+    # Blocked: its own run failed on such a file and it stopped without delivering. Only its
+    # own tool output counts: an error quoted in an upstream hand-off is not its attempt.
+    own_output = _own_tool_outputs(request)
+    hit = any(_not_found(own_output, f) for f in excused)
+    blocked = hit and not delivered
+    recovered = bool(excused) and delivered
     if excused:
       sheet.lines.append(f"upstream: {', '.join(excused)} missing, never saved by its owner "
                          f"({', '.join(sorted({_owner_of(f) for f in excused}))}): not this "
-                         "agent's fault" + ("; this agent was blocked by it" if blocked else ""))
+                         "agent's fault" + ("; this agent was blocked by it" if blocked else
+                                            "; this agent delivered anyway" if recovered
+                                            else ""))
     blocks = int(sig.get("code_blocks", 0))
     sheet.add(2.0 if blocks > 0 else 0.0, 2, f"code written: {blocks} python block(s)")
     share, why = _ran_share(sig)
@@ -360,11 +414,8 @@ class RuleCoach:
     else:
       sheet.add(w_files * share, w_files, "artifacts: none required, credited as code ran")
     if is_analyst:
-      valid = bool(sig.get("submission_valid", False))
-      sheet.add(2.0 if valid or blocked else 0.0, 2,
-                "submission valid" if valid else
-                "no valid submission: blocked by upstream (excused)" if blocked else
-                "no valid submission")
+      sheet.add(2.0 if valid else 0.0, 2, "submission valid" if valid else
+                "no valid submission (blocked by upstream)" if blocked else "no valid submission")
     truncated = bool(sig.get("truncated", False))
     sheet.add(0.0 if truncated else 2.0, 2,
               "cut off at the length limit" if truncated else "finished within the length limit")
@@ -377,13 +428,16 @@ class RuleCoach:
     elif blocks <= 0 and score > 2.0:
       sheet.lines.append("cap 2: no executable python code")
       score = 2.0
-    if is_analyst and blocked:
-      if score > 9.0:
-        sheet.lines.append("cap 9: blocked by upstream, the outcome is not judged (10 needs a "
-                           "verified outcome)")
-        score = 9.0
+    if blocked:
+      if score > BLOCKED_CAP:
+        sheet.lines.append(f"cap {BLOCKED_CAP:g}: stopped at a missing upstream file without "
+                           "delivering (a recovery with a fair result earns more)")
+        score = BLOCKED_CAP
     elif is_analyst and rq.ground_truth_visible(request, self.ground_truth_roles):
       cap, why = _quality_cap(sig)
+      if cap is not None and recovered:
+        cap, why = min(9.0, cap + RECOVERY_BONUS), why + (
+            f" (+{RECOVERY_BONUS:g}: delivered despite the missing upstream file)")
       if cap is not None and score > cap:
         sheet.lines.append(f"cap {cap:g}: {why}")
         score = cap
