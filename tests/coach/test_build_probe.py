@@ -58,7 +58,7 @@ def test_coach_section_errors_name_the_field():
   with pytest.raises(ValueError, match="coach.model"):  # the builder names what is missing too
     build_coach(dataclasses.replace(CoachConfig(), kind="replay", cache_path="/tmp/x.sqlite"))
   assert all(doc for doc in docs(CoachConfig).values())
-  assert set(KINDS) == {"rule", "openai", "panel", "replay"}
+  assert set(KINDS) == {"rule", "openai", "panel", "replay", "biased"}
 
 
 def test_built_openai_coach_scores_over_http(server, monkeypatch):
