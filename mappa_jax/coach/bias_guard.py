@@ -237,6 +237,8 @@ class BiasGuard:
           self._holding.pop(key, None)
     for key in set(self._holding) - seen:  # no estimate this update: the condition lapsed
       del self._holding[key]
+    for key in set(self._history) - seen:  # a pair that lapsed starts its trend afresh, so
+      del self._history[key]               # "first vs last" never spans the gap in the data
     out["coach_bias/warnings"] = float(warning_now)
     return out
 
@@ -257,7 +259,9 @@ class BiasGuard:
     if len(history) < c.trend_updates:
       return False, ""
     then = history[0]
-    widened = sign * (now.gap - then.gap)
+    # Widening is growth in magnitude: a gap that swings from -1.0 to +0.3 moved toward zero
+    # (sign * (now - then) would call that +1.3 of widening).
+    widened = abs(now.gap) - abs(then.gap)
     if widened < c.min_widening:
       return False, ""
     if now.outcome_gap is None or then.outcome_gap is None:
@@ -267,7 +271,7 @@ class BiasGuard:
       why = (f"the outcome gap moved {now.outcome_gap - then.outcome_gap:+.3g} (x"
              f"{c.outcome_scale:g} = {sign * moved:+.3g} points)")
     follows = moved is not None and moved >= c.follow_ratio * widened
-    return not follows, (f"widened by {sign * widened:+.3g} since step {then.step}, while "
+    return not follows, (f"widened by {widened:+.3g} since step {then.step}, while "
                          + why)
 
   def _message(self, key: tuple[str, str, str], est: Estimate, why: str) -> str:

@@ -171,3 +171,13 @@ def test_monitor_logs_every_step_and_a_restore_drops_the_lines_after_it(tmp_path
   assert [json.loads(line)["step"] for line in lines] == [1]
   assert resumed.update(2, batch) == second  # the same estimates as without the restart
   assert not BiasMonitor(bg.BiasGuardConfig(enabled=False), "rule_correct", None).update(1, batch)
+
+
+def test_a_gap_that_swings_through_zero_has_not_widened():
+  """Widening is growth in magnitude: -1.0 -> +0.3 (significant) moved toward zero."""
+  guard = bg.BiasGuard()
+  swing = [bg.Estimate(t, g, g - 0.2, g + 0.2, 0.0) for t, g in enumerate((-1.0, -0.6, -0.1, 0.3))]
+  assert guard._judge(swing) == (False, "")  # pylint: disable=protected-access
+  grows = [bg.Estimate(t, g, g - 0.2, g + 0.2, 0.0) for t, g in enumerate((-0.1, 0.2, 0.5, 0.9))]
+  warn, why = guard._judge(grows)  # pylint: disable=protected-access
+  assert warn and why.startswith("widened by +0.8 since step 0")
