@@ -5,8 +5,9 @@
 
 Builds a random Qwen3 checkpoint with transformers (6 layers, hidden 256, 8 query / 2 KV heads,
 head_dim 32, SwiGLU 768, vocab 4096, tied embeddings), saves it with `save_pretrained` to a
-temporary directory and loads it with `mappa_jax.models.hf_io.load_hf`. Then times, best of
-`--repeats` after a warm-up:
+temporary directory and loads it with `mappa_jax.models.hf_io.load_hf`. Then times, after a
+warm-up (JAX compiles there), the best of `--repeats` rounds that call each row once per round,
+alternating between the libraries:
 
   decode   greedy generation, batch 16, prompt 32, 64 new tokens, EOS suppressed (every row
            generates the full budget), prefill included. transformers: `model.generate`
@@ -18,8 +19,12 @@ temporary directory and loads it with `mappa_jax.models.hf_io.load_hf`. Then tim
            `mappa_jax.rl.update.sequence_logprobs` (the trunk + chunked token log-probs of the
            update step's loss), mean negative log-likelihood.
 
-Both use float32 and `--threads` CPU threads (torch.set_num_threads; XLA:CPU uses its own
-thread pool, sized by the machine). Prints one table with both libraries side by side.
+Both use float32; torch gets `--threads` threads (torch.set_num_threads), XLA:CPU its own pool.
+Prints one table with both libraries side by side, the load average and the cores the process
+may use. Other jobs on the machine hurt torch's threads far more than XLA's (a barrier waits for
+the descheduled thread); on a busy machine a one-core comparison is the fairer one:
+
+  taskset -c 1 python benchmarks/vs_transformers.py --threads=1
 """
 from __future__ import annotations
 
@@ -138,7 +143,7 @@ def main(argv=None) -> int:
   p.add_argument("--train_batch", type=int, default=16)
   p.add_argument("--seq_len", type=int, default=256)
   p.add_argument("--repeats", type=int, default=5)
-  p.add_argument("--threads", type=int, default=os.cpu_count() or 1)
+  p.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)))
   args = p.parse_args(argv)
 
   rng = np.random.default_rng(0)
@@ -163,7 +168,8 @@ def main(argv=None) -> int:
   load = os.getloadavg()
   print(f"checkpoint: Qwen3 {MODEL['num_hidden_layers']} layers, hidden {MODEL['hidden_size']}, "
         f"{MODEL['num_attention_heads']}/{MODEL['num_key_value_heads']} heads, vocab "
-        f"{MODEL['vocab_size']}, float32; best of {args.repeats}; {args.threads} threads; "
+        f"{MODEL['vocab_size']}, float32; best of {args.repeats}; torch threads "
+        f"{args.threads}; cores {sorted(os.sched_getaffinity(0))} of {os.cpu_count()}; "
         f"load avg {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}")
   print(f"{hf_info}; mappa_jax: {mj_info}")
   width = max(len(r[0]) for r in rows)
