@@ -101,6 +101,8 @@ def parse_args(argv: Sequence[str] | None) -> tuple[argparse.Namespace, dict]:
   unknown = set(args.workflows.split(",")) - set(FAULTS)
   if unknown:
     ap.error(f"--workflows: unknown {sorted(unknown)} (known: {sorted(FAULTS)})")
+  if coach.get("kind") == "rule":  # the arithmetic checks are how it blames on MathChat
+    coach.setdefault("rule_check_arithmetic", True)
   return args, coach
 
 

@@ -111,6 +111,9 @@ class CoachConfig(Section):
                                check=positive, fix="Use >= 1.")
   rule_correct_weight: float = field(6.0, "kind='rule': points for a correct answer",
                                      check=non_negative, fix="Use >= 0.")
+  rule_check_arithmetic: bool = field(False, "kind='rule': MathChat caps for a false stated "
+                                      "calculation and a program using numbers the problem "
+                                      "lacks (blame; off: measured to reward-hack in training)")
   bias_task_type: str = field("", "kind='biased': the favoured task type (a task's task_type, "
                               "e.g. 'add_sub', 'regression'); required for 'biased'")
   bias_delta: float = field(0.0, "kind='biased': coach points added on bias_task_type "
@@ -175,7 +178,8 @@ Caches = dict[str, CoachCache]
 def _rule(cfg: CoachConfig, workdir: str | None, caches: Caches) -> Coach:
   del workdir, caches
   return RuleCoach(ground_truth_roles=cfg.ground_truth_roles,
-                   correct_weight=float(cfg.rule_correct_weight))
+                   correct_weight=float(cfg.rule_correct_weight),
+                   check_arithmetic=bool(cfg.rule_check_arithmetic))
 
 
 def _cache(cfg: CoachConfig, workdir: str | None, caches: Caches) -> CoachCache | None:

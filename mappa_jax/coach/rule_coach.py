@@ -252,13 +252,19 @@ class RuleCoach:
   name = "rule"
 
   def __init__(self, ground_truth_roles: tuple[str, ...] | None = rq.DEFAULT_GROUND_TRUTH_ROLES,
-               correct_weight: float = 6.0):
+               correct_weight: float = 6.0, check_arithmetic: bool = False):
+    """check_arithmetic: MathChat's caps for a false stated calculation (4) and a Code Executor
+    program computing with numbers the problem does not contain (3). They are what lets the
+    rule coach blame the faulty agent (benchmarks/blame.py), but training the tiny team with
+    them on was measured to reward-hack (README, "Credit assignment and coach bias"), so they
+    are opt-in (coach.rule_check_arithmetic)."""
     self.ground_truth_roles = ground_truth_roles
     self.correct_weight = correct_weight
+    self.check_arithmetic = check_arithmetic
 
   def describe(self) -> dict:
     return {"kind": "rule", "name": self.name, "rubric_hash": RULE_RUBRIC_HASH,
-            "correct_weight": self.correct_weight}
+            "correct_weight": self.correct_weight, "check_arithmetic": self.check_arithmetic}
 
   async def score(self, request: CoachRequest) -> CoachResult:
     return self.score_sync(request)
@@ -327,12 +333,12 @@ class RuleCoach:
     sheet.add(0.0 if truncated else 2.0, 2,
               "cut off at the length limit" if truncated else "finished within the length limit")
     caps = []
-    wrong = arith.false_equations(_prose(text))
+    wrong = arith.false_equations(_prose(text)) if self.check_arithmetic else []
     if wrong:
       e = wrong[0]
       caps.append((4.0, f"a stated calculation is false: {e.lhs} = {e.rhs} (it is "
                         f"{arith.format_number(e.value)})"))
-    if is_executor:
+    if is_executor and self.check_arithmetic:
       programs, where = _checked_programs(request)
       foreign = sorted({v for code in programs
                         for v in (arith.foreign_operands(code, request.task) or ())})

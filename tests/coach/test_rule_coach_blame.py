@@ -11,7 +11,7 @@ PROBLEM = "Ava has 12 apples, then gets 5 more, then gives away 3. How many appl
 
 
 def rule(req):
-  return asyncio.run(RuleCoach().score(req))
+  return asyncio.run(RuleCoach(check_arithmetic=True).score(req))
 
 
 def math(role, output, **kw):
@@ -84,7 +84,7 @@ def test_correct_programs_with_implied_or_worded_numbers_are_not_capped():
 
 def test_the_label_lifts_the_operand_cap_only_from_a_correct_program():
   task = "How many legs do 5 spiders have?"  # 8 legs each: nowhere in the text
-  coach = RuleCoach(ground_truth_roles=("verifier", "code_executor"))
+  coach = RuleCoach(ground_truth_roles=("verifier", "code_executor"), check_arithmetic=True)
   right = coach.score_sync(executor(task, "print(5 * 8)", 40, gt="40"))
   assert "cap 3" not in right.rationale and "prints the labelled answer" in right.rationale
   assert right.score == pytest.approx(0.4 * 7)  # no boxed answer: not `correct`

@@ -130,7 +130,7 @@ class _FakeTok:
 def _mathchat(tokenizer, sandbox, tmp_path, tasks, fault=None):
   team = MathChatTeam(tasks)
   engine = ScriptedEngine(tokenizer, team.script())
-  wf = MathChatWorkflow(engine=engine, tokenizer=tokenizer, coach=RuleCoach(), sandbox=sandbox,
+  wf = MathChatWorkflow(engine=engine, tokenizer=tokenizer, coach=RuleCoach(check_arithmetic=True), sandbox=sandbox,
                         sampling=SamplingParams(max_new_tokens=1024),
                         workspace_root=str(tmp_path))
   if fault is not None:
@@ -245,7 +245,7 @@ def _dsbench(tokenizer, sandbox, tmp_path, task, fault=None):
       "data_engineer": [_DE, "Done.\n</think>\n\nSaved X_train.pkl, y_train.pkl, X_test.pkl."],
       "modeler": [_MOD, "Done.\n</think>\n\nSaved model.pkl."],
       "analyst": [_AN, "Done.\n</think>\n\nsubmission.csv written."]})
-  wf = DSBenchWorkflow(engine=engine, tokenizer=tokenizer, coach=RuleCoach(), sandbox=sandbox,
+  wf = DSBenchWorkflow(engine=engine, tokenizer=tokenizer, coach=RuleCoach(check_arithmetic=True), sandbox=sandbox,
                        sampling=SamplingParams(max_new_tokens=1024),
                        config=DSBenchConfig(tool_timeout_s=20), workspace_root=str(tmp_path))
   if fault is not None:
