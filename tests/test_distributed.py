@@ -39,19 +39,21 @@ def test_bad_explicit_settings_name_the_variable(env, needle):
     distributed.detect(env)
 
 
+# The child writes its report to a file: Gloo's C++ threads print connection notices on the
+# same stdout, and can land in the middle of a line printed from Python.
 _CHILD = """
-import json
+import json, sys
 from mappa_jax import distributed
 assert distributed.initialize()
 import jax, jax.numpy as jnp
 from jax.experimental import multihost_utils
 total = multihost_utils.process_allgather(jnp.asarray([jax.process_index() + 1])).sum()
-print(json.dumps({**distributed.process_info(), "total": int(total)}))
+open(sys.argv[1], "w").write(json.dumps({**distributed.process_info(), "total": int(total)}))
 jax.distributed.shutdown()
 """
 
 
-def test_two_processes_form_one_runtime():
+def test_two_processes_form_one_runtime(tmp_path):
   with socket.socket() as s:
     s.bind(("127.0.0.1", 0))
     port = s.getsockname()[1]
@@ -60,21 +62,18 @@ def test_two_processes_form_one_runtime():
     env = {**os.environ, "MAPPA_COORDINATOR_ADDRESS": f"127.0.0.1:{port}",
            "MAPPA_NUM_PROCESSES": "2", "MAPPA_PROCESS_ID": str(pid), "JAX_PLATFORMS": "cpu",
            "XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
-    procs.append(subprocess.Popen([sys.executable, "-c", _CHILD], env=env,
+    procs.append(subprocess.Popen([sys.executable, "-c", _CHILD, str(tmp_path / f"{pid}.json")],
+                                  env=env,
                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
-  infos = []
   try:
     for proc in procs:
-      out, err = proc.communicate(timeout=120)
+      _, err = proc.communicate(timeout=120)
       assert proc.returncode == 0, err[-2000:]
-      # Gloo may print connection notices on stdout after our JSON line.
-      lines = [l for l in out.splitlines() if l.startswith("{")]
-      assert lines, out[-2000:]
-      infos.append(json.loads(lines[-1]))
   finally:
     for proc in procs:
       if proc.poll() is None:
         proc.kill()
+  infos = [json.loads((tmp_path / f"{pid}.json").read_text()) for pid in range(2)]
   assert sorted(i["process_index"] for i in infos) == [0, 1]
   for info in infos:
     assert info["process_count"] == 2 and info["device_count"] == 4
