@@ -5,9 +5,11 @@
 
 Builds a random Qwen3 checkpoint with transformers (6 layers, hidden 256, 8 query / 2 KV heads,
 head_dim 32, SwiGLU 768, vocab 4096, tied embeddings), saves it with `save_pretrained` to a
-temporary directory and loads it with `mappa_jax.models.hf_io.load_hf`. Then times, after a
-warm-up (JAX compiles there), the best of `--repeats` rounds that call each row once per round,
-alternating between the libraries:
+temporary directory and loads it with `mappa_jax.models.hf_io.load_hf`. Each library runs in
+its own process (sharing one with the other slowed torch's decode by a third: XLA's idle
+workers spin on the cores torch's threads wait for), `--rounds` times, alternating
+transformers / mappa_jax so that load from other jobs hits both; each process times each row
+`--repeats` times after a warm-up (JAX compiles there). Reported: the best over all of them.
 
   decode   greedy generation, batch 16, prompt 32, 64 new tokens, EOS suppressed (every row
            generates the full budget), prefill included. transformers: `model.generate`
@@ -29,7 +31,9 @@ the descheduled thread); on a busy machine a one-core comparison is the fairer o
 from __future__ import annotations
 
 import argparse
+import json
 import os
+import subprocess
 import sys
 import tempfile
 import time
@@ -42,10 +46,9 @@ MODEL = dict(vocab_size=4096, hidden_size=256, intermediate_size=768, num_hidden
              rms_norm_eps=1e-6)
 
 
-def _best_interleaved(thunks: dict, repeats: int) -> dict:
-  """{name: fn} -> {name: seconds of its fastest call}. One warm-up call each (JAX compiles
-  there), then `repeats` rounds calling every fn once per round, so a load spike from other
-  processes hits both libraries alike instead of whichever ran during it."""
+def _best_times(thunks: dict, repeats: int) -> dict:
+  """{name: fn} -> {name: seconds of its fastest call}: one warm-up call each (JAX compiles
+  there), then `repeats` rounds calling every fn once per round."""
   for fn in thunks.values():
     fn()
   best = {name: float("inf") for name in thunks}
@@ -57,6 +60,31 @@ def _best_interleaved(thunks: dict, repeats: int) -> dict:
   return best
 
 
+def _inputs(args) -> tuple[np.ndarray, np.ndarray]:
+  """(prompts [batch, prompt_len], training ids [train_batch, seq_len]), the same in every
+  process."""
+  rng = np.random.default_rng(0)
+  prompts = rng.integers(1, MODEL["vocab_size"] - 1, (args.batch, args.prompt_len))
+  train_ids = rng.integers(1, MODEL["vocab_size"] - 1, (args.train_batch, args.seq_len))
+  return prompts, train_ids
+
+
+def _child(args) -> int:
+  """One library's timings in this process, printed as one JSON line."""
+  bench = {"hf": bench_transformers, "mj": bench_mappa}[args.child]
+  thunks, info = bench(args.ckpt, args, *_inputs(args))
+  print(json.dumps({"info": info, **_best_times(thunks, args.repeats)}))
+  return 0
+
+
+def _run_child(lib: str, ckpt: str, argv: list[str]) -> dict:
+  cmd = [sys.executable, os.path.abspath(__file__), f"--child={lib}", f"--ckpt={ckpt}", *argv]
+  out = subprocess.run(cmd, capture_output=True, text=True)
+  if out.returncode != 0:
+    raise RuntimeError(f"{lib} benchmark failed:\n{out.stderr[-3000:]}")
+  return json.loads(out.stdout.strip().splitlines()[-1])
+
+
 def build_checkpoint(out_dir: str, seed: int = 0) -> None:
   import torch
   import transformers
@@ -66,7 +94,8 @@ def build_checkpoint(out_dir: str, seed: int = 0) -> None:
   transformers.Qwen3ForCausalLM(config).save_pretrained(out_dir)
 
 
-def bench_transformers(ckpt: str, args, prompts: np.ndarray, train_ids: np.ndarray) -> dict:
+def bench_transformers(ckpt: str, args, prompts: np.ndarray, train_ids: np.ndarray
+                       ) -> tuple[dict, str]:
   import torch
   import transformers
   torch.set_num_threads(args.threads)
@@ -93,7 +122,8 @@ def bench_transformers(ckpt: str, args, prompts: np.ndarray, train_ids: np.ndarr
   return {"decode": decode, "train": fwd_bwd}, info
 
 
-def bench_mappa(ckpt: str, args, prompts: np.ndarray, train_ids: np.ndarray) -> dict:
+def bench_mappa(ckpt: str, args, prompts: np.ndarray, train_ids: np.ndarray
+                ) -> tuple[dict, str]:
   import jax
   import jax.numpy as jnp
   from flax import nnx
@@ -143,19 +173,28 @@ def main(argv=None) -> int:
   p.add_argument("--train_batch", type=int, default=16)
   p.add_argument("--seq_len", type=int, default=256)
   p.add_argument("--repeats", type=int, default=5)
+  p.add_argument("--rounds", type=int, default=2,
+                 help="processes per library, alternating transformers / mappa_jax")
   p.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)))
+  p.add_argument("--child", choices=("hf", "mj"), help=argparse.SUPPRESS)
+  p.add_argument("--ckpt", help=argparse.SUPPRESS)
   args = p.parse_args(argv)
+  if args.child:
+    return _child(args)
 
-  rng = np.random.default_rng(0)
-  prompts = rng.integers(1, MODEL["vocab_size"] - 1, (args.batch, args.prompt_len))
-  train_ids = rng.integers(1, MODEL["vocab_size"] - 1, (args.train_batch, args.seq_len))
+  passed = [a for a in (sys.argv[1:] if argv is None else argv)
+            if not a.startswith(("--rounds", "--child", "--ckpt"))]
+  best: dict[tuple[str, str], float] = {}
+  info = {}
   with tempfile.TemporaryDirectory() as ckpt:
     build_checkpoint(ckpt)
-    hf, hf_info = bench_transformers(ckpt, args, prompts, train_ids)
-    mj, mj_info = bench_mappa(ckpt, args, prompts, train_ids)
-    thunks = {("hf", k): f for k, f in hf.items()}
-    thunks.update({("mj", k): f for k, f in mj.items()})
-    best = _best_interleaved(thunks, args.repeats)
+    for _ in range(args.rounds):
+      for lib in ("hf", "mj"):
+        result = _run_child(lib, ckpt, passed)
+        info[lib] = result.pop("info")
+        for row, seconds in result.items():
+          best[lib, row] = min(best.get((lib, row), float("inf")), seconds)
+  hf_info, mj_info = info["hf"], info["mj"]
 
   dec_tokens = args.batch * args.new_tokens
   train_tokens = args.train_batch * args.seq_len
@@ -168,8 +207,8 @@ def main(argv=None) -> int:
   load = os.getloadavg()
   print(f"checkpoint: Qwen3 {MODEL['num_hidden_layers']} layers, hidden {MODEL['hidden_size']}, "
         f"{MODEL['num_attention_heads']}/{MODEL['num_key_value_heads']} heads, vocab "
-        f"{MODEL['vocab_size']}, float32; best of {args.repeats}; torch threads "
-        f"{args.threads}; cores {sorted(os.sched_getaffinity(0))} of {os.cpu_count()}; "
+        f"{MODEL['vocab_size']}, float32; best of {args.rounds} x {args.repeats}; torch "
+        f"threads {args.threads}; cores {sorted(os.sched_getaffinity(0))} of {os.cpu_count()}; "
         f"load avg {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}")
   print(f"{hf_info}; mappa_jax: {mj_info}")
   width = max(len(r[0]) for r in rows)
