@@ -28,15 +28,22 @@ def _finished(workdir: str, num_steps: int) -> bool:
   return os.path.exists(os.path.join(workdir, "checkpoints", str(num_steps)))
 
 
-def main() -> int:
-  ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+def add_run_flags(ap: argparse.ArgumentParser, presets: str, num_steps: int,
+                  eval_every: int) -> None:
+  """The flags every run-and-compare benchmark shares (learning.py, bias.py)."""
   ap.add_argument("--out", required=True, help="parent directory of the runs")
-  ap.add_argument("--presets", default="local,local_outcome")
+  ap.add_argument("--presets", default=presets)
   ap.add_argument("--seeds", default="42", help="comma-separated config.seed values")
-  ap.add_argument("--num_steps", type=int, default=16)
-  ap.add_argument("--eval_every", type=int, default=4)
+  ap.add_argument("--num_steps", type=int, default=num_steps)
+  ap.add_argument("--eval_every", type=int, default=eval_every)
   ap.add_argument("overrides", nargs="*", help="extra --config.* overrides for every run")
-  args = ap.parse_args()
+
+
+def run_presets(args: argparse.Namespace) -> tuple[int, list[str]]:
+  """Runs experiments/mathchat.py:<preset> for every preset and seed, one after another.
+
+  Returns (the first non-zero exit status or 0, the run workdirs in order).
+  """
   workdirs = []
   for preset in args.presets.split(","):
     for seed in args.seeds.split(","):
@@ -60,7 +67,16 @@ def main() -> int:
       print(f"{name}: exit {proc.returncode}, wall time {wall:.0f} s "
             f"(log: {log.name})", flush=True)
       if proc.returncode:
-        return proc.returncode
+        return proc.returncode, workdirs
+  return 0, workdirs
+
+
+def main() -> int:
+  ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  add_run_flags(ap, "local,local_outcome", num_steps=16, eval_every=4)
+  rc, workdirs = run_presets(ap.parse_args())
+  if rc:
+    return rc
   for workdir in workdirs:
     print(f"\n== {os.path.basename(workdir)}")
     print(summary.run_summary(workdir))

@@ -8,6 +8,10 @@ Presets (`--config=experiments/mathchat.py:<preset>`):
   local_outcome  the same budget with outcome-only RL: every action of a trajectory gets its
                  final outcome reward (rule-graded correctness) instead of its coach score.
   local_grpo     the same budget with GRPO (per-prompt group normalisation of coach scores).
+  local_biased   the bias experiment (README "Coach bias"): `local` with a coach that adds
+                 BIAS_DELTA points to every action on BIAS_TASK_TYPE problems.
+  local_biased_stratum  `local_biased` with the mitigation: advantages whitened per task type
+                 (rl.whiten_scope='per_agent_per_stratum').
   smoke          a random tiny model, 3 steps, 4 eval problems: wiring checks (tests).
   paper  reference hyper-parameters (mappa-reference.md §3.1). Needs a model and a coach:
            --config.model.hf_dir=/ckpt/Qwen3-4B-Thinking-2507
@@ -26,9 +30,15 @@ if _ROOT not in sys.path:
 from experiments import common  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 
-PRESETS = ("local", "local_outcome", "local_grpo", "smoke", "paper")
+PRESETS = ("local", "local_outcome", "local_grpo", "local_biased", "local_biased_stratum",
+           "smoke", "paper")
 # The RL estimator of each CPU team preset (rl.advantage_estimator).
-_TEAM_ESTIMATORS = {"local": "reinforce_pp", "local_outcome": "outcome", "local_grpo": "grpo"}
+_TEAM_ESTIMATORS = {"local": "reinforce_pp", "local_outcome": "outcome", "local_grpo": "grpo",
+                    "local_biased": "reinforce_pp", "local_biased_stratum": "reinforce_pp"}
+# The bias experiment's coach: the rule coach, +BIAS_DELTA on one of the synthetic task types
+# (add_sub, mul_div, mixed), every role. The paper's DSBench coach favoured regression by
+# 0.5-1.8 points; 2 points sits just above that range, so the effect is visible in 32 steps.
+BIAS_TASK_TYPE, BIAS_DELTA = "mul_div", 2.0
 TINY_TEAM_DIR = os.path.join(_ROOT, "mappa_jax", "assets", "tiny_team")
 
 
@@ -51,6 +61,12 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.data.max_train_samples = 512  # REF random subsample of the training pool
   if preset in _TEAM_ESTIMATORS:
     _team_preset(config, _TEAM_ESTIMATORS[preset])
+  if preset.startswith("local_biased"):
+    c = config.coach
+    c.kind, c.bias_inner = "biased", "rule"
+    c.bias_task_type, c.bias_delta = BIAS_TASK_TYPE, BIAS_DELTA
+  if preset == "local_biased_stratum":
+    config.rl.whiten_scope = "per_agent_per_stratum"  # a constant per-type offset is removed
   config.lock()
   return config
 

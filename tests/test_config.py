@@ -47,13 +47,20 @@ def test_local_preset_is_default_locked_and_valid(workflow):
   assert set(config.agents.keys()) == set(mconfig.agent_names(config))
 
 
-def test_team_presets_differ_only_in_the_estimator_and_name():
+def test_team_presets_differ_only_in_what_they_are_named_for():
   local = mconfig.flatten(mconfig.load_config(MATHCHAT))
   for preset, estimator in (("local_outcome", "outcome"), ("local_grpo", "grpo")):
     other = mconfig.flatten(mconfig.validate(mconfig.load_config(f"{MATHCHAT}:{preset}")))
     changed = {k for k in local if local[k] != other[k]}
     assert changed == {"name", "preset", "rl.advantage_estimator"}, changed
     assert other["rl.advantage_estimator"] == estimator and other["name"] == f"mathchat-{preset}"
+  biased = {"coach.kind", "coach.bias_task_type", "coach.bias_delta"}
+  for preset, changes in (("local_biased", biased),
+                          ("local_biased_stratum", biased | {"rl.whiten_scope"})):
+    other = mconfig.flatten(mconfig.validate(mconfig.load_config(f"{MATHCHAT}:{preset}")))
+    changed = {k for k in local if local[k] != other[k]}
+    assert changed == {"name", "preset"} | changes, changed
+    assert other["coach.kind"] == "biased" and other["coach.bias_delta"] > 0
   smoke = mconfig.validate(mconfig.load_config(f"{MATHCHAT}:smoke"))
   assert smoke.model.hf_dir is None and smoke.train.num_steps == 3
   assert "local_grpo" in _errors_of_preset("nope")

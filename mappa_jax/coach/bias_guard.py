@@ -11,16 +11,17 @@ agent and pair of strata (a, b), with a < b in sorted order, the guard keeps a r
 
 each with a percentile bootstrap CI (each stratum resampled on its own; the generator is seeded
 from (seed, agent, pair, step); values are sorted first, so arrival order never matters). It
-warns when the signature of a biased coach shows:
+warns when the signature of a biased coach shows, by either of two tests on a significant
+score gap (its CI excludes 0):
 
-  1. the score gap is significant: its CI excludes 0;
-  2. it is widening: over the last `trend_updates` estimates it moved away from 0 by at least
-     `min_widening` points (first vs last of them);
-  3. the outcome gap does not follow: in the same direction, on the coach scale (x
-     `outcome_scale`), it moved by less than `follow_ratio` of the score gap's move (no outcome
-     data counts as not following).
-With `require_widening=False`, 2 and 3 become level tests: a significant score gap that the
-outcome gap (x outcome_scale, same direction) explains less than `follow_ratio` of.
+  trend  it is widening (over the last `trend_updates` estimates it moved away from 0 by at
+         least `min_widening` points, first vs last of them) and the outcome gap does not
+         follow (in the same direction, on the coach scale, x `outcome_scale`, it moved by
+         less than `follow_ratio` of the score gap's move; no outcome data counts as not
+         following): a drift, as in the paper;
+  level  the outcome gap (same direction, x outcome_scale) explains less than `follow_ratio`
+         of the score gap: a bias present from the first step, which never widens.
+`require_widening=True` keeps only the trend test.
 
 Scalars (`update` returns them; strata with fewer than `min_count` records in the window are
 left out):
@@ -71,8 +72,12 @@ class BiasGuardConfig(Section):
                               "to 'follow' it", check=non_negative, fix="Use >= 0.")
   outcome_scale: float = field(10.0, "outcome units -> coach points (outcomes in [0, 1], "
                                "scores in [0, 10])", check=positive, fix="Use > 0.")
-  require_widening: bool = field(True, "False: level tests instead of trends (a significant "
-                                 "gap the outcome gap does not explain)")
+  # Default False: a coach biased from the first step gives a gap that never widens (measured:
+  # the bias experiment's +2 coach never tripped the trend test in 32 steps; the level test
+  # warned from step 1, and never in the unbiased run's 32 steps; README "Coach bias").
+  require_widening: bool = field(False, "True: only the trend test warns (a widening gap the "
+                                 "outcome does not follow); False: the level test too (a "
+                                 "significant gap the outcome gap does not explain)")
   repeat_every: int = field(10, "a warning that keeps holding is repeated every this many "
                             "updates", check=positive, fix="Use >= 1.")
   seed: int = field(0, "bootstrap seed")
@@ -223,7 +228,7 @@ class BiasGuard:
         history = self._history.setdefault(key, [])
         history.append(est)
         del history[:-c.trend_updates]
-        warn, why = self._judge(history)
+        warn, why = self.judge(history)
         name = f"coach_bias/{agent}/{a}_minus_{b}"
         out.update({name: gap, f"{name}/ci_low": lo, f"{name}/ci_high": hi,
                     f"{name}/warn": float(warn)})
@@ -242,20 +247,34 @@ class BiasGuard:
     out["coach_bias/warnings"] = float(warning_now)
     return out
 
-  def _judge(self, history: list[Estimate]) -> tuple[bool, str]:
-    """(warn, explanation) for the latest estimate of one (agent, pair)."""
-    c = self.config
+  def judge(self, history: list[Estimate]) -> tuple[bool, str]:
+    """(warn, explanation) for the latest estimate of one (agent, pair): the trend test, and
+    unless require_widening the level test too (either one warns)."""
     now = history[-1]
     if not now.significant:
       return False, ""
     sign = 1.0 if now.gap > 0 else -1.0
-    if not c.require_widening:
-      explained = None if now.outcome_gap is None else sign * now.outcome_gap * c.outcome_scale
-      follows = explained is not None and explained >= c.follow_ratio * abs(now.gap)
-      why = ("no outcome data" if explained is None else
-             f"the outcome gap is {now.outcome_gap:+.3g} (x{c.outcome_scale:g} = "
-             f"{sign * explained:+.3g} points)")
-      return not follows, why
+    warn, why = self._trend(history, sign)
+    if warn or self.config.require_widening:
+      return warn, why
+    return self._level(now, sign)
+
+  def _level(self, now: Estimate, sign: float) -> tuple[bool, str]:
+    """A significant gap the outcome gap (same direction, x outcome_scale) explains less than
+    follow_ratio of."""
+    c = self.config
+    explained = None if now.outcome_gap is None else sign * now.outcome_gap * c.outcome_scale
+    follows = explained is not None and explained >= c.follow_ratio * abs(now.gap)
+    why = ("no outcome data" if explained is None else
+           f"the outcome gap is {now.outcome_gap:+.3g} (x{c.outcome_scale:g} = "
+           f"{sign * explained:+.3g} points)")
+    return not follows, why
+
+  def _trend(self, history: list[Estimate], sign: float) -> tuple[bool, str]:
+    """The gap widened by >= min_widening over the last trend_updates estimates and the
+    outcome gap moved by less than follow_ratio of that."""
+    c = self.config
+    now = history[-1]
     if len(history) < c.trend_updates:
       return False, ""
     then = history[0]

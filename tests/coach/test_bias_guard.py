@@ -87,8 +87,11 @@ def synthetic_run(guard, steps, *, bias, p_a, p_b=0.5, n=16, seed=0):
   return results
 
 
+TREND_ONLY = bg.BiasGuardConfig(require_widening=True)
+
+
 def test_warns_on_a_widening_gap_the_outcome_does_not_follow():
-  guard = bg.BiasGuard()
+  guard = bg.BiasGuard(TREND_ONLY)
   run = synthetic_run(guard, 8, bias=lambda t: 0.3 * t, p_a=lambda t: 0.5)
   warn = [out["coach_bias/executor/A_minus_B/warn"] for out, _ in run]
   assert warn[:3] == [0.0, 0.0, 0.0]  # fewer than trend_updates estimates: no trend yet
@@ -102,20 +105,31 @@ def test_warns_on_a_widening_gap_the_outcome_does_not_follow():
 
 
 def test_no_warning_when_unbiased_or_the_outcome_follows_or_the_gap_is_constant():
-  for bias, p_a in ((lambda t: 0.0, lambda t: 0.5),               # unbiased coach
-                    (lambda t: 0.3 * t, lambda t: 0.5 + 0.05 * t),  # a real difference
-                    (lambda t: 1.0, lambda t: 0.5)):                # constant, not widening
-    run = synthetic_run(bg.BiasGuard(), 8, bias=bias, p_a=p_a)
+  for config, bias, p_a in (
+      (bg.BiasGuardConfig(), lambda t: 0.0, lambda t: 0.5),               # unbiased coach
+      (bg.BiasGuardConfig(), lambda t: 1.0, lambda t: 0.6),               # explained level
+      (bg.BiasGuardConfig(), lambda t: 0.3 * t, lambda t: 0.5 + 0.05 * t),  # a real difference
+      (TREND_ONLY, lambda t: 0.3 * t, lambda t: 0.5 + 0.05 * t),
+      (TREND_ONLY, lambda t: 1.0, lambda t: 0.5)):          # constant: the trend test is silent
+    run = synthetic_run(bg.BiasGuard(config), 8, bias=bias, p_a=p_a)
     assert all(out["coach_bias/executor/A_minus_B/warn"] == 0.0 for out, _ in run)
     assert not any(ms for _, ms in run)
-  # The constant gap is significant: the level test (require_widening=False) flags it, and
-  # accepts it when the outcome explains it.
-  level = bg.BiasGuardConfig(require_widening=False)
-  run = synthetic_run(bg.BiasGuard(level), 4, bias=lambda t: 1.0, p_a=lambda t: 0.5)
+
+
+def test_the_default_level_test_flags_a_constant_gap_and_the_trend_test_a_widening_one():
+  # A coach biased from the first step: significant from step 1, never widening.
+  run = synthetic_run(bg.BiasGuard(), 4, bias=lambda t: 1.0, p_a=lambda t: 0.5)
   assert [out["coach_bias/executor/A_minus_B/warn"] for out, _ in run] == [1.0] * 4
   assert "the outcome gap is +0" in run[0][1][0]
-  run = synthetic_run(bg.BiasGuard(level), 4, bias=lambda t: 1.0, p_a=lambda t: 0.6)
-  assert all(out["coach_bias/executor/A_minus_B/warn"] == 0.0 for out, _ in run)
+  # A widening gap: under the default the level test warns first, the trend test takes over
+  # its explanation once trend_updates estimates exist.
+  run = synthetic_run(bg.BiasGuard(), 8, bias=lambda t: 0.3 * t, p_a=lambda t: 0.5)
+  warn = [out["coach_bias/executor/A_minus_B/warn"] for out, _ in run]
+  assert warn[3:] == [1.0] * 5 and sum(warn[:3]) >= 1.0
+  trend = [m for _, ms in synthetic_run(bg.BiasGuard(bg.BiasGuardConfig(repeat_every=1)), 8,
+                                        bias=lambda t: 0.3 * t, p_a=lambda t: 0.5)
+           for m in ms]
+  assert any("widened by" in m for m in trend) and any("outcome gap is" in m for m in trend)
 
 
 def test_state_round_trip_resumes_identically():
@@ -175,9 +189,9 @@ def test_monitor_logs_every_step_and_a_restore_drops_the_lines_after_it(tmp_path
 
 def test_a_gap_that_swings_through_zero_has_not_widened():
   """Widening is growth in magnitude: -1.0 -> +0.3 (significant) moved toward zero."""
-  guard = bg.BiasGuard()
+  guard = bg.BiasGuard(TREND_ONLY)  # the level test would flag +0.3 (no outcome gap)
   swing = [bg.Estimate(t, g, g - 0.2, g + 0.2, 0.0) for t, g in enumerate((-1.0, -0.6, -0.1, 0.3))]
-  assert guard._judge(swing) == (False, "")  # pylint: disable=protected-access
+  assert guard.judge(swing) == (False, "")
   grows = [bg.Estimate(t, g, g - 0.2, g + 0.2, 0.0) for t, g in enumerate((-0.1, 0.2, 0.5, 0.9))]
-  warn, why = guard._judge(grows)  # pylint: disable=protected-access
+  warn, why = guard.judge(grows)
   assert warn and why.startswith("widened by +0.8 since step 0")
