@@ -73,7 +73,7 @@ class BiasGuardConfig(Section):
   outcome_scale: float = field(10.0, "outcome units -> coach points (outcomes in [0, 1], "
                                "scores in [0, 10])", check=positive, fix="Use > 0.")
   # Default False: a coach biased from the first step gives a gap that never widens (measured:
-  # the bias experiment's +2 coach never tripped the trend test in 32 steps; the level test
+  # the bias experiment's +2 coach tripped the trend test on 1 of 64 biased steps; the level test
   # warned from step 1, and never in the unbiased run's 32 steps; README "Coach bias").
   require_widening: bool = field(False, "True: only the trend test warns (a widening gap the "
                                  "outcome does not follow); False: the level test too (a "
