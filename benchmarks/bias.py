@@ -62,14 +62,8 @@ def specialisation(before: dict, after: dict, favoured: str, *, n_boot: int = 20
   fav, rest = [], []
   for ttype, rows in after.items():
     deltas = [rows[t] - before.get(ttype, {}).get(t, np.nan) for t in rows]
-    deltas = [d for d in deltas if np.isfinite(d)]
-    (fav if ttype == favoured else rest).extend(deltas)
-  fav_a, rest_a = np.asarray(fav), np.asarray(rest)
-  rng = np.random.default_rng(seed)
-  boot = (fav_a[rng.integers(0, len(fav_a), (n_boot, len(fav_a)))].mean(1)
-          - rest_a[rng.integers(0, len(rest_a), (n_boot, len(rest_a)))].mean(1))
-  lo, hi = np.quantile(boot, [0.025, 0.975])
-  return float(fav_a.mean() - rest_a.mean()), float(lo), float(hi)
+    (fav if ttype == favoured else rest).extend(d for d in deltas if np.isfinite(d))
+  return bg.bootstrap_mean_diff(fav, rest, n_boot=n_boot, seed=seed)
 
 
 def rejudge(entries: list[dict], config: bg.BiasGuardConfig = bg.BiasGuardConfig()
@@ -80,26 +74,22 @@ def rejudge(entries: list[dict], config: bg.BiasGuardConfig = bg.BiasGuardConfig
   exactly the warnings the current rule raises on that run, also for a run logged before a
   rule change (the live warnings are the 'warnings' of each coach_bias.jsonl line).
   """
-  guard, history, out = bg.BiasGuard(config), {}, []
+  guard, out = bg.BiasGuard(config), []
   for e in entries:
     s = e["scalars"]
     seen = set()
     for key, gap in sorted(s.items()):
       parts = key.split("/")
-      if len(parts) != 3 or parts[1] in ("outcome",) or "_minus_" not in parts[2]:
+      if len(parts) != 3 or parts[1] == bg.OUTCOME or "_minus_" not in parts[2]:
         continue
-      agent, pair = parts[1], parts[2]
-      seen.add((agent, pair))
+      a, _, b = parts[2].partition("_minus_")
+      seen.add((parts[1], a, b))
       est = bg.Estimate(e["step"], gap, s[f"{key}/ci_low"], s[f"{key}/ci_high"],
-                        s.get(f"coach_bias/outcome/{pair}"))
-      h = history.setdefault((agent, pair), [])
-      h.append(est)
-      del h[:-config.trend_updates]
-      warn, why = guard.judge(h)
+                        s.get(f"coach_bias/{bg.OUTCOME}/{parts[2]}"))
+      warn, why = guard.observe((parts[1], a, b), est)
       if warn:
-        out.append((e["step"], agent, pair, why))
-    for lapsed in set(history) - seen:
-      del history[lapsed]
+        out.append((e["step"], parts[1], parts[2], why))
+    guard.drop_lapsed(seen)
   return out
 
 

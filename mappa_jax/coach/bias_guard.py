@@ -225,10 +225,7 @@ class BiasGuard:
         seen.add(key)
         gap, lo, hi = self._gap(pooled[agent][a], pooled[agent][b], agent, a, b, step)
         est = Estimate(int(step), gap, lo, hi, outcome_gaps.get((a, b)))
-        history = self._history.setdefault(key, [])
-        history.append(est)
-        del history[:-c.trend_updates]
-        warn, why = self.judge(history)
+        warn, why = self.observe(key, est)
         name = f"coach_bias/{agent}/{a}_minus_{b}"
         out.update({name: gap, f"{name}/ci_low": lo, f"{name}/ci_high": hi,
                     f"{name}/warn": float(warn)})
@@ -240,12 +237,23 @@ class BiasGuard:
           self._holding[key] = held + 1
         else:
           self._holding.pop(key, None)
-    for key in set(self._holding) - seen:  # no estimate this update: the condition lapsed
+    self.drop_lapsed(seen)
+    out["coach_bias/warnings"] = float(warning_now)
+    return out
+
+  def observe(self, key: tuple[str, str, str], est: Estimate) -> tuple[bool, str]:
+    """Appends an (agent, a, b) estimate to its trend history; judges it (see `judge`)."""
+    history = self._history.setdefault(key, [])
+    history.append(est)
+    del history[:-self.config.trend_updates]
+    return self.judge(history)
+
+  def drop_lapsed(self, seen: set[tuple[str, str, str]]) -> None:
+    """Forgets the (agent, a, b) pairs without an estimate this update."""
+    for key in set(self._holding) - seen:  # the condition lapsed
       del self._holding[key]
     for key in set(self._history) - seen:  # a pair that lapsed starts its trend afresh, so
       del self._history[key]               # "first vs last" never spans the gap in the data
-    out["coach_bias/warnings"] = float(warning_now)
-    return out
 
   def judge(self, history: list[Estimate]) -> tuple[bool, str]:
     """(warn, explanation) for the latest estimate of one (agent, pair): the trend test, and
