@@ -2,12 +2,15 @@ r"""The coach-bias experiment: does a coach that favours one task type make the 
 does the bias guard notice, and does per-stratum whitening undo it?
 
   python benchmarks/bias.py --out=/tmp/bias \
-      [--presets=local,local_biased,local_biased_stratum] [--num_steps=32] [--eval_every=8]
+      [--presets=local,local_biased,local_biased_stratum] [--seeds=42] [--num_steps=32] \
+      [--eval_every=8]
 
 Runs the presets of experiments/mathchat.py one after another (benchmarks/learning.py's runner;
 finished runs are reused): `local` (the unbiased rule coach), `local_biased` (the same coach
 +BIAS_DELTA on every action of BIAS_TASK_TYPE problems) and `local_biased_stratum` (the biased
-coach with advantages whitened per task type). Then prints, per run,
+coach with advantages whitened per task type); `--presets=local_biased_spread,
+local_biased_spread_stratum,local` runs the behaviour-dependent bias (the other types' scores
+scaled down) instead. Then prints, per run,
 
   * accuracy per task type on the held-out problems, before (step 0) and after, with bootstrap
     CIs over problems;
@@ -15,7 +18,10 @@ coach with advantages whitened per task type). Then prints, per run,
     problem, bootstrap CI); a team that specialises shows a positive value against the
     unbiased run's;
   * the bias guard (<workdir>/coach_bias.jsonl): the first step it warned, how many steps it
-    warned on, and each agent's last score gap favoured-minus-others next to the outcome gap.
+    warned on, and each agent's last score gap favoured-minus-others next to the outcome gap;
+
+and last one line per preset over its seeds (each type's mean accuracy change, the pooled
+specialisation).
 
 This is a benchmark, not a test: it asserts nothing and prints what it measured.
 """
@@ -138,8 +144,10 @@ def main() -> int:
   if rc:
     return rc
   favoured = mathchat.BIAS_TASK_TYPE
-  print(f"\nbiased coach: +{mathchat.BIAS_DELTA:g} on {favoured!r} "
-        f"(experiments/mathchat.py); eval set {EVAL_SET!r}")
+  print(f"\nbiased coaches (experiments/mathchat.py), favoured type {favoured!r}: local_biased* "
+        f"+{mathchat.BIAS_DELTA:g} on it; local_biased_spread* the other types' scores "
+        f"x{mathchat.BIAS_OTHERS_SCALE:g}; eval set {EVAL_SET!r}")
+  changes: dict[str, list[tuple[dict, dict]]] = {}
   for workdir in workdirs:
     steps = summary.eval_results(workdir)[EVAL_SET]
     first, last = min(steps), max(steps)
@@ -155,7 +163,29 @@ def main() -> int:
     print(f"  specialisation (favoured change - others' change): {s:+.3f} [{lo:+.2f}, {hi:+.2f}]")
     for line in guard_summary(workdir, favoured):
       print(line)
+    preset = os.path.basename(workdir).removeprefix("mathchat-").rsplit("-seed", 1)[0]
+    changes.setdefault(preset, []).append((before, after))
+  print_summary(changes, favoured)
   return 0
+
+
+def print_summary(changes: dict[str, list[tuple[dict, dict]]], favoured: str) -> None:
+  """One line per preset over its seeds: each type's mean accuracy change (before -> after,
+  per problem, pooled over seeds) and the specialisation with a bootstrap CI over the pooled
+  per-problem changes (seeds share the held-out problems, so this CI is about problems)."""
+  types = sorted({t for runs in changes.values() for _, after in runs for t in after})
+  head = "".join(f"  d {t + ('*' if t == favoured else ''):<9}" for t in types)
+  print(f"\n{'preset':<30} seeds{head}  specialisation (* favoured)")
+  for preset, runs in changes.items():
+    # One pooled 'run': problem ids made unique per seed.
+    before = {t: {f"{k}:{i}": v for k, (b, _) in enumerate(runs) for i, v in b.get(t, {}).items()}
+              for t in types}
+    after = {t: {f"{k}:{i}": v for k, (_, a) in enumerate(runs) for i, v in a.get(t, {}).items()}
+             for t in types}
+    cells = "".join(f"  {np.mean([after[t][i] - before[t][i] for i in after[t]]):+.3f}     "
+                    for t in types)
+    s, lo, hi = specialisation(before, after, favoured)
+    print(f"{preset:<30} {len(runs):<5}{cells}{s:+.3f} [{lo:+.2f}, {hi:+.2f}]")
 
 
 if __name__ == "__main__":

@@ -1,8 +1,11 @@
 r"""DSBench data modeling: Data Engineer -> Modeler -> Analyst on tabular Kaggle tasks.
 
 Presets (`--config=experiments/dsbench.py:<preset>`):
-  local  (default) embedded tiny model, small synthetic CSV tasks, rule coach, in-process
-         sampler: a few steps on one CPU machine.
+  local  (default) the pretrained tiny DSBench team (mappa_jax/assets/tiny_team_dsbench, from
+         launch/pretrain.py --config=experiments/pretrain_tiny.py:dsbench), the offline suite,
+         rule coach, in-process sampler: MAPPA on one CPU machine, evaluated before and after
+         on the suite's 4 held-out tasks.
+  local_outcome  the same budget with outcome-only RL (rl.advantage_estimator='outcome').
   paper  reference hyper-parameters (mappa-reference.md §3.1). Needs a model and a coach:
            --config.model.hf_dir=/ckpt/Qwen3-4B-Thinking-2507
            --config.coach.base_url=https://.../v1
@@ -23,10 +26,14 @@ from experiments import common  # pylint: disable=g-import-not-at-top,wrong-impo
 # here every agent of a trajectory shares one persistent workspace directory instead.
 
 
+PRESETS = ("local", "local_outcome", "paper")
+TINY_TEAM_DIR = os.path.join(_ROOT, "mappa_jax", "assets", "tiny_team_dsbench")
+
+
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  preset = common.parse_preset(arg)
+  preset = common.parse_preset(arg, PRESETS)
   config = common.base("dsbench", preset)
-  if preset == "local":
+  if preset != "paper":
     common.local(config)
     config.eval.n_samples_per_prompt = 2
   else:
@@ -42,5 +49,40 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.data.stratify_key = "data_type"  # REF stratified batches by task type
   config.data.synthetic.n_train, config.data.synthetic.n_eval = 8, 2  # synthetic CSV tasks
   config.eval.every_steps = 2  # REF
+  if preset != "paper":
+    _team_preset(config, "outcome" if preset == "local_outcome" else "reinforce_pp")
   config.lock()
   return config
+
+
+def _team_preset(config: ml_collections.ConfigDict, estimator: str) -> None:
+  """The CPU team presets: the pretrained DSBench team, sized to aim at <= 15 min on 2 cores
+  (12 steps measured 1041 s on a shared 2-core machine, so 8 steps; not re-measured yet).
+
+  Lengths under the team's tokenizer (pretrain_info.json, dsbench.longest_*): a demonstration
+  action is at most 828 tokens, prompt and response (a turn-2 prompt, which holds turn 1), and
+  the longest response (the Data Engineer's program) is 161 tokens. A team that keeps writing
+  code grows its context by up to ~200 tokens a turn, for up to 4 turns: 1792 + 192 stays
+  inside max_position_embeddings 2048.
+  """
+  config.model.hf_dir = TINY_TEAM_DIR
+  config.rl.advantage_estimator = estimator
+  r = config.rollout
+  r.max_new_tokens, r.min_new_tokens = 192, 4
+  r.rollout_batch_size = 4  # tasks per step
+  r.n_samples_per_prompt = 2
+  r.max_concurrent_workflows = 8
+  r.prompt_max_len = 1792
+  r.prompt_buckets = (768, 1024, 1280, 1792)
+  r.batch_buckets = (8,)
+  t = config.train
+  t.learning_rate = 1e-4
+  t.samples_per_optimizer_step, t.micro_batch_size = 8, 4
+  t.num_steps = 8
+  t.token_budget_buckets = (1024, 2048)  # prompt + response: most actions / the long ones
+  syn = config.data.synthetic
+  syn.n_train, syn.n_eval = 12, 4  # every training task of the suite; its 4 held-out tasks
+  config.eval.every_steps = 8  # before training and after the last step
+  config.eval.n_samples_per_prompt = 4
+  config.checkpoint.every_steps = 4
+  config.sandbox.output_cap_chars = 400  # tracebacks stay short in the next prompt

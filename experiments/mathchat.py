@@ -12,6 +12,10 @@ Presets (`--config=experiments/mathchat.py:<preset>`):
                  BIAS_DELTA points to every action on BIAS_TASK_TYPE problems.
   local_biased_stratum  `local_biased` with the mitigation: advantages whitened per task type
                  (rl.whiten_scope='per_agent_per_stratum').
+  local_biased_spread  a bias that depends on behaviour: the rule coach's scores on every type
+                 but BIAS_TASK_TYPE are multiplied by BIAS_OTHERS_SCALE (stingier and less
+                 discriminating off the favoured type).
+  local_biased_spread_stratum  `local_biased_spread` with per-type whitening.
   smoke          a random tiny model, 3 steps, 4 eval problems: wiring checks (tests).
   paper  reference hyper-parameters (mappa-reference.md §3.1). Needs a model and a coach:
            --config.model.hf_dir=/ckpt/Qwen3-4B-Thinking-2507
@@ -31,14 +35,20 @@ from experiments import common  # pylint: disable=g-import-not-at-top,wrong-impo
 
 
 PRESETS = ("local", "local_outcome", "local_grpo", "local_biased", "local_biased_stratum",
-           "smoke", "paper")
+           "local_biased_spread", "local_biased_spread_stratum", "smoke", "paper")
 # The RL estimator of each CPU team preset (rl.advantage_estimator).
 _TEAM_ESTIMATORS = {"local": "reinforce_pp", "local_outcome": "outcome", "local_grpo": "grpo",
-                    "local_biased": "reinforce_pp", "local_biased_stratum": "reinforce_pp"}
+                    "local_biased": "reinforce_pp", "local_biased_stratum": "reinforce_pp",
+                    "local_biased_spread": "reinforce_pp",
+                    "local_biased_spread_stratum": "reinforce_pp"}
 # The bias experiment's coach: the rule coach, +BIAS_DELTA on one of the synthetic task types
 # (add_sub, mul_div, mixed), every role. The paper's DSBench coach favoured regression by
 # 0.5-1.8 points; 2 points sits just above that range, so the effect is visible in 32 steps.
 BIAS_TASK_TYPE, BIAS_DELTA = "mul_div", 2.0
+# The behaviour-dependent bias (local_biased_spread): the other types' scores x0.25, so a good
+# action there gains a quarter of what it gains on mul_div (a constant offset alone is a
+# baseline shift and measured not to specialise the team).
+BIAS_OTHERS_SCALE = 0.25
 TINY_TEAM_DIR = os.path.join(_ROOT, "mappa_jax", "assets", "tiny_team")
 
 
@@ -63,10 +73,15 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     _team_preset(config, _TEAM_ESTIMATORS[preset])
   if preset.startswith("local_biased"):
     c = config.coach
-    c.kind, c.bias_inner = "biased", "rule"
-    c.bias_task_type, c.bias_delta = BIAS_TASK_TYPE, BIAS_DELTA
-  if preset == "local_biased_stratum":
-    config.rl.whiten_scope = "per_agent_per_stratum"  # a constant per-type offset is removed
+    c.kind, c.bias_inner, c.bias_task_type = "biased", "rule", BIAS_TASK_TYPE
+    if preset.startswith("local_biased_spread"):
+      c.bias_others_scale = BIAS_OTHERS_SCALE
+    else:
+      c.bias_delta = BIAS_DELTA
+  if preset.endswith("_stratum"):
+    # Each type's advantages are whitened by its own mean and spread: a constant per-type
+    # offset is removed, and a shrunk spread is scaled back up.
+    config.rl.whiten_scope = "per_agent_per_stratum"
   config.lock()
   return config
 

@@ -35,11 +35,10 @@ def test_local_preset_is_default_locked_and_valid(workflow):
   assert config.preset == "local" and config.workflow == workflow
   assert config.name == f"{workflow}-local"
   assert config.coach.kind == "rule"
-  if workflow == "mathchat":  # the shipped pretrained team (launch/pretrain.py)
-    assert config.model.hf_dir == os.path.join(ROOT, "mappa_jax", "assets", "tiny_team")
-    assert os.path.isfile(os.path.join(config.model.hf_dir, "model.safetensors"))
-  else:
-    assert config.model.hf_dir is None  # the random tiny model
+  # The shipped pretrained teams (launch/pretrain.py --config=experiments/pretrain_tiny.py).
+  asset = {"mathchat": "tiny_team", "dsbench": "tiny_team_dsbench"}[workflow]
+  assert config.model.hf_dir == os.path.join(ROOT, "mappa_jax", "assets", asset)
+  assert os.path.isfile(os.path.join(config.model.hf_dir, "model.safetensors"))
   assert mconfig.validate(config) is config
   with pytest.raises(AttributeError):
     config.new_field = 1  # locked: new keys are refused
@@ -55,12 +54,16 @@ def test_team_presets_differ_only_in_what_they_are_named_for():
     assert changed == {"name", "preset", "rl.advantage_estimator"}, changed
     assert other["rl.advantage_estimator"] == estimator and other["name"] == f"mathchat-{preset}"
   biased = {"coach.kind", "coach.bias_task_type", "coach.bias_delta"}
+  spread = {"coach.kind", "coach.bias_task_type", "coach.bias_others_scale"}
   for preset, changes in (("local_biased", biased),
-                          ("local_biased_stratum", biased | {"rl.whiten_scope"})):
+                          ("local_biased_stratum", biased | {"rl.whiten_scope"}),
+                          ("local_biased_spread", spread),
+                          ("local_biased_spread_stratum", spread | {"rl.whiten_scope"})):
     other = mconfig.flatten(mconfig.validate(mconfig.load_config(f"{MATHCHAT}:{preset}")))
     changed = {k for k in local if local[k] != other[k]}
     assert changed == {"name", "preset"} | changes, changed
-    assert other["coach.kind"] == "biased" and other["coach.bias_delta"] > 0
+    assert other["coach.kind"] == "biased"
+    assert other["coach.bias_delta"] > 0 or other["coach.bias_others_scale"] < 1
   smoke = mconfig.validate(mconfig.load_config(f"{MATHCHAT}:smoke"))
   assert smoke.model.hf_dir is None and smoke.train.num_steps == 3
   assert "local_grpo" in _errors_of_preset("nope")

@@ -6,6 +6,14 @@ scored verdict on a request of task type `task_type` (optionally only for some r
 `delta` added, clipped to [0, 10]; everything else passes through untouched. The inner coach's
 verdict keeps its type (a panel's member results stay), its answer_correct and its cost fields,
 so statistics and caches see the inner coach; the rationale says what was added.
+
+A constant offset on one type is a baseline shift within that type (E[delta * grad log pi] = 0
+for every prompt), so on its own it barely moves the policy (README "Credit assignment and coach
+bias" measured no specialisation). `others_scale` < 1 is a bias that depends on behaviour: every
+other type's score is multiplied by it, so off its favoured type the coach is stingier *and* less
+discriminating (a good action gains less over a bad one). Under global whitening the favoured
+type then carries most of the learning signal; per-stratum whitening, which divides each
+stratum by its own spread, restores it.
 """
 from __future__ import annotations
 
@@ -20,36 +28,53 @@ SCORE_RANGE = (0.0, 10.0)
 class BiasedCoach:
   """Args: inner: the coach whose verdicts are biased; task_type: the favoured stratum (a
   CoachRequest.task_type, e.g. 'regression', 'add_sub'); delta: points added (negative
-  disfavours); roles: only these roles are biased (None: all)."""
+  disfavours); others_scale: every other type's score is multiplied by this (1: untouched);
+  roles: only these roles are biased (None: all)."""
 
-  def __init__(self, inner: Coach, task_type: str, delta: float,
+  def __init__(self, inner: Coach, task_type: str, delta: float, others_scale: float = 1.0,
                roles: tuple[str, ...] | None = None, name: str = ""):
     if not task_type:
       raise ValueError("BiasedCoach needs the task type it favours (coach.bias_task_type)")
+    if not 0.0 <= others_scale <= 1.0:
+      raise ValueError(f"BiasedCoach others_scale={others_scale!r} (coach.bias_others_scale) "
+                       "must be in [0, 1]")
     self.inner = inner
     self.task_type = task_type
     self.delta = float(delta)
+    self.others_scale = float(others_scale)
     self.roles = None if roles is None else frozenset(rq.normalize_role(r) for r in roles)
-    self.name = name or f"biased({getattr(inner, 'name', 'coach')}, {task_type}{delta:+g})"
+    scaled = f", others x{others_scale:g}" if others_scale != 1.0 else ""
+    self.name = name or (f"biased({getattr(inner, 'name', 'coach')}, {task_type}{delta:+g}"
+                         f"{scaled})")
 
   def describe(self) -> dict:
     return {"kind": "biased", "name": self.name, "task_type": self.task_type,
-            "delta": self.delta, "roles": None if self.roles is None else sorted(self.roles),
+            "delta": self.delta, "others_scale": self.others_scale,
+            "roles": None if self.roles is None else sorted(self.roles),
             "inner": self.inner.describe() if hasattr(self.inner, "describe")
             else repr(self.inner)}
 
   def applies(self, request: CoachRequest) -> bool:
-    return request.task_type == self.task_type and (
-        self.roles is None or rq.normalize_role(request.role) in self.roles)
+    """Whether the bias touches this request's role (favoured type or not)."""
+    return self.roles is None or rq.normalize_role(request.role) in self.roles
+
+  def biased_score(self, score: float, task_type: str) -> tuple[float, str]:
+    """The biased score of an inner verdict `score` on `task_type`, and what was done."""
+    lo, hi = SCORE_RANGE
+    if task_type == self.task_type:
+      return (min(hi, max(lo, score + self.delta)),
+              f"{self.delta:+g} on task type {self.task_type!r}")
+    return (min(hi, max(lo, score * self.others_scale)),
+            f"x{self.others_scale:g} off task type {self.task_type!r}")
 
   async def score(self, request: CoachRequest) -> CoachResult:
     result = await self.inner.score(request)
     if not result.is_scored or result.score is None or not self.applies(request):
       return result
-    lo, hi = SCORE_RANGE
-    biased = min(hi, max(lo, float(result.score) + self.delta))
-    note = (f"[biased coach: {self.delta:+g} on task type {self.task_type!r}: "
-            f"{float(result.score):g} -> {biased:g}]")
+    biased, what = self.biased_score(float(result.score), request.task_type)
+    if biased == float(result.score):
+      return result
+    note = f"[biased coach: {what}: {float(result.score):g} -> {biased:g}]"
     return dataclasses.replace(result, score=biased,
                                rationale=(result.rationale + "\n" if result.rationale else "")
                                + note)

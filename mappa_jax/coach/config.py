@@ -118,6 +118,10 @@ class CoachConfig(Section):
                               "e.g. 'add_sub', 'regression'); required for 'biased'")
   bias_delta: float = field(0.0, "kind='biased': coach points added on bias_task_type "
                             "(negative disfavours; the score stays in [0, 10])")
+  bias_others_scale: float = field(
+      1.0, "kind='biased': every other task type's score is multiplied by this (< 1: a coach "
+      "that is stingier and less discriminating off its favoured type, a bias that depends on "
+      "behaviour; 1 = off)", check=lambda v: 0.0 <= v <= 1.0, fix="Use a value in [0, 1].")
   bias_roles: tuple[str, ...] | None = field(None, "kind='biased': only these roles are biased; "
                                              "None or () = every role")
   bias_inner: Literal["rule", "openai", "panel", "replay"] = field(
@@ -227,7 +231,8 @@ def _biased(cfg: CoachConfig, workdir: str | None, caches: Caches) -> Coach:
   """bias_inner's coach (built from the same section), +bias_delta on bias_task_type."""
   inner = KINDS[cfg.bias_inner](dataclasses.replace(cfg, kind=cfg.bias_inner), workdir, caches)
   return BiasedCoach(inner, cfg.bias_task_type, cfg.bias_delta,
-                     roles=cfg.bias_roles or None, name=cfg.name)
+                     others_scale=cfg.bias_others_scale, roles=cfg.bias_roles or None,
+                     name=cfg.name)
 
 
 KINDS: dict[str, Callable[[CoachConfig, str | None, Caches], Coach]] = {

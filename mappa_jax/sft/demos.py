@@ -66,10 +66,7 @@ class DemoMixture:
   verifier_trust_tool: float = 0.5
 
   def __post_init__(self):
-    for f in dataclasses.fields(self):
-      p = getattr(self, f.name)
-      if not 0.0 <= p <= 1.0:
-        raise ValueError(f"DemoMixture.{f.name}={p} must be a probability in [0, 1]")
+    check_probabilities(self)
     if self.executor_compute + self.executor_restate > 1.0:
       raise ValueError("DemoMixture: executor_compute + executor_restate must be <= 1")
 
@@ -80,6 +77,14 @@ class DemoMixture:
     s, t, v = self.solver_correct, self.executor_report_tool, self.verifier_trust_tool
     computed = c * (t * 1.0 + (1 - t) * (v + (1 - v) * s))
     return computed + (r + bug) * s
+
+
+def check_probabilities(mixture) -> None:
+  """Every field of a behaviour-mixture dataclass must be a probability in [0, 1]."""
+  for f in dataclasses.fields(mixture):
+    p = getattr(mixture, f.name)
+    if not 0.0 <= p <= 1.0:
+      raise ValueError(f"{type(mixture).__name__}.{f.name}={p} must be a probability in [0, 1]")
 
 
 def expression(start: int, steps: list) -> str:
@@ -105,7 +110,7 @@ def program(start: int, steps: list, *, bug: str = "") -> str:
   return "\n".join(lines)
 
 
-def _rng(seed: int, text: str) -> np.random.Generator:
+def seeded_rng(seed: int, text: str) -> np.random.Generator:
   digest = hashlib.sha256(f"{seed}\x00{text}".encode()).digest()
   return np.random.default_rng(int.from_bytes(digest[:8], "little"))
 
@@ -174,7 +179,7 @@ class DemoPolicy:
   # -- agents -------------------------------------------------------------------------------
   def problem_solver(self, prompt: str) -> str:
     task = self._task(prompt)
-    rng = _rng(self.seed, prompt)
+    rng = seeded_rng(self.seed, prompt)
     answer = int(task.answer)
     right = rng.random() < self.mixture.solver_correct
     claim = answer if right else _wrong(answer, rng)
@@ -183,7 +188,7 @@ class DemoPolicy:
     return f"</think>\n\n{expr} = {claim}\n\n\\boxed{{{claim}}}"
 
   def _executor_mode(self, first_prompt: str) -> str:
-    u = _rng(self.seed, first_prompt).random()
+    u = seeded_rng(self.seed, first_prompt).random()
     m = self.mixture
     if u < m.executor_compute:
       return "compute"
@@ -208,7 +213,7 @@ class DemoPolicy:
   def executor_second(self, prompt: str) -> str:
     # The turn-2 prompt starts with the turn-1 prompt: the same generator decides both turns.
     first = prompt[:prompt.find("<|im_start|>assistant")]
-    rng = _rng(self.seed + 1, first)
+    rng = seeded_rng(self.seed + 1, first)
     responses = _TOOL_RESPONSE.findall(prompt)
     printed = _last_number(code_blocks.printed_part(responses[-1])) if responses else None
     if printed is not None and rng.random() < self.mixture.executor_report_tool:
@@ -219,7 +224,7 @@ class DemoPolicy:
     return f"</think>\n\nThe Problem Solver found {claim}.\n\n\\boxed{{{claim}}}"
 
   def verifier(self, prompt: str) -> str:
-    rng = _rng(self.seed, prompt)
+    rng = seeded_rng(self.seed, prompt)
     execution = _section(prompt, "Input from Code Executor")
     responses = _TOOL_RESPONSE.findall(execution)
     tool = _last_number(code_blocks.printed_part(responses[-1])) if responses else None

@@ -5,17 +5,23 @@ and a test checks that the shipped base still behaves as recorded.
 """
 from __future__ import annotations
 
+import glob
+import os
 import tempfile
 from typing import Any
 
 import ml_collections
 
 from mappa_jax import train
+from mappa_jax.workflows import records
 
 # Summary entries of a MathChat eval report that describe the team's behaviour.
 BEHAVIOUR_KEYS = ("rule_accuracy", "executor_code_ok", "verifier_agrees_tool",
                   "coach_score/problem_solver", "coach_score/code_executor",
                   "coach_score/verifier")
+# The same for a DSBench eval report (plus the X_test.pkl omission rate read from the
+# trajectories, see dsbench_file_rates).
+DSBENCH_KEYS = ("success_rate", "fair_gain", "raw_gain")
 
 
 def measure_team(config: ml_collections.ConfigDict) -> dict[str, Any]:
@@ -27,17 +33,44 @@ def measure_team(config: ml_collections.ConfigDict) -> dict[str, Any]:
   Returns:
     {eval set: {key: {'mean', 'ci_low', 'ci_high', 'n'}}} for BEHAVIOUR_KEYS present.
   """
+  dsbench = config.get("workflow") == "dsbench"
+  keys = BEHAVIOUR_KEYS + (DSBENCH_KEYS if dsbench else ())
   with tempfile.TemporaryDirectory(prefix="mappa_measure_") as workdir:
     trainer = train.Trainer(config, workdir)
     try:
       scalars = trainer.evaluate(0)
     finally:
       trainer.close()
+    rates = dsbench_file_rates(workdir) if dsbench else {}
   out: dict[str, Any] = {}
   for name in trainer.eval_sets:
     prefix = f"eval/{name}/"
     out[name] = {
         key: {"mean": scalars[prefix + key], "ci_low": scalars.get(prefix + key + "_ci_low"),
               "ci_high": scalars.get(prefix + key + "_ci_high")}
-        for key in BEHAVIOUR_KEYS if prefix + key in scalars}
+        for key in keys if prefix + key in scalars}
+    if rates:
+      out[name].update(rates.get((0, name), {}))
+  return out
+
+
+def dsbench_file_rates(workdir: str) -> dict[tuple[int, str], dict[str, float]]:
+  """{(eval step, eval set): {'x_test_omission_rate', 'submission_validity', 'n'}} from the
+  trajectories a run's evaluations wrote (<workdir>/eval_results/step*_<set>.trajectories.jsonl):
+  the share of trajectories whose workspace ended without X_test.pkl, and with a valid
+  submission."""
+  out = {}
+  pattern = os.path.join(workdir, "eval_results", "step*_*.trajectories.jsonl")
+  for path in sorted(glob.glob(pattern)):
+    stem = os.path.basename(path)[:-len(".trajectories.jsonl")]
+    step, name = stem.split("_", 1)
+    trajs = records.read_trajectories(path)
+    if not trajs:
+      continue
+    files = [{f[0] for f in t.get("metadata", {}).get("files", ())} for t in trajs]
+    out[(int(step[len("step"):]), name)] = {
+        "x_test_omission_rate": float(sum("X_test.pkl" not in f for f in files) / len(trajs)),
+        "submission_validity": float(sum(bool(t.get("outcome", {}).get("valid"))
+                                         and not t.get("error") for t in trajs) / len(trajs)),
+        "n": len(trajs)}
   return out

@@ -24,6 +24,8 @@ import ml_collections
 import numpy as np
 import optax
 
+from mappa_jax.data import dsbench as dsbench_data
+from mappa_jax.data import dsbench_suite
 from mappa_jax.data import synthetic
 from mappa_jax.models.config import ModelConfig
 from mappa_jax.models.decoder import Decoder
@@ -31,6 +33,7 @@ from mappa_jax.models.hf_io import export_hf
 from mappa_jax.models import tokenizer as tokenizer_lib
 from mappa_jax.models.tokenizer import Tokenizer
 from mappa_jax.sft import data as sft_data
+from mappa_jax.sft import dsbench_demos
 from mappa_jax.sft.demos import DemoMixture
 from mappa_jax.tools.sandbox import Sandbox, SandboxLimits
 from mappa_jax.workflows.mathchat import MathChatConfig, MathChatWorkflow, budget_text
@@ -103,24 +106,31 @@ def _agents(cfg: ml_collections.ConfigDict):
       code_executor={"max_turns": int(cfg.workflow.executor_max_turns)})
 
 
-def train_tokenizer(cfg: ml_collections.ConfigDict, out_dir: str | os.PathLike) -> Path:
+def train_tokenizer(cfg: ml_collections.ConfigDict, out_dir: str | os.PathLike,
+                    dsbench_tasks: list | None = None) -> Path:
   """A byte-level BPE fitted to the team's own transcripts (cfg.tokenizer).
 
   The first cfg.tokenizer.train_tasks tasks' demonstrations are rendered with the shipped
   tiny tokenizer (byte-level: the text round-trips exactly), and the BPE learns its merges
-  from that text, so the fixed role prompts take about half as many tokens.
+  from that text, so the fixed role prompts take about half as many tokens. With a `dsbench`
+  section, the DSBench demonstrations of cfg.dsbench.tokenizer_seeds join the corpus.
   """
   if int(cfg.tokenizer.number_tokens) > 10 ** int(cfg.tokenizer.max_digits):
     raise ValueError(f"tokenizer.number_tokens={cfg.tokenizer.number_tokens} needs numbers of "
                      f"more than tokenizer.max_digits={cfg.tokenizer.max_digits} digits")
   bootstrap = Tokenizer.from_dir(cfg.tokenizer.bootstrap_dir)
   tasks = _tasks(cfg)[:int(cfg.tokenizer.train_tasks)]
+  trajs = []
   sandbox = _sandbox(cfg)
   try:
-    trajs, _ = sft_data.collect_demonstrations(
-        tasks, bootstrap, sandbox, mixture=DemoMixture(**cfg.mixture.to_dict()),
-        seed=int(cfg.data.seed), config=_workflow_config(cfg),
-        agents=_agents(cfg))
+    if tasks:
+      trajs, _ = sft_data.collect_demonstrations(
+          tasks, bootstrap, sandbox, mixture=DemoMixture(**cfg.mixture.to_dict()),
+          seed=int(cfg.data.seed), config=_workflow_config(cfg),
+          agents=_agents(cfg))
+    if dsbench_tasks:
+      trajs += _dsbench_demos(cfg, dsbench_tasks, bootstrap, sandbox,
+                              cfg.dsbench.tokenizer_seeds)[0]
   finally:
     sandbox.close()
   corpus = []
@@ -138,23 +148,63 @@ def train_tokenizer(cfg: ml_collections.ConfigDict, out_dir: str | os.PathLike) 
                                             max_digits=int(cfg.tokenizer.max_digits))
 
 
-def build_examples(cfg: ml_collections.ConfigDict, tokenizer: Tokenizer
+def _dsbench_demos(cfg: ml_collections.ConfigDict, tasks: list, tokenizer, sandbox: Sandbox,
+                   seeds) -> tuple[list, dict]:
+  """DSBench demonstration trajectories of `tasks` for every seed (cfg.dsbench)."""
+  return dsbench_demos.collect(
+      tasks, tokenizer, sandbox, seeds=[int(s) for s in seeds],
+      mixture=dsbench_demos.DSDemoMixture(**cfg.dsbench.mixture.to_dict()),
+      columns_from=str(cfg.dsbench.columns_from),
+      tool_timeout_s=float(cfg.dsbench.tool_timeout_s),
+      max_concurrency=int(cfg.sandbox.max_concurrency))
+
+
+def dsbench_train_tasks(root: str, only: tuple[str, ...] = ()) -> list:
+  """The offline DSBench suite's training tasks (those in `only`, if given), built under
+  `root`; eval tasks are left out, so pretraining never sees a task the DSBench presets
+  evaluate on."""
+  info = dsbench_suite.build(root, list(only) or None)
+  eval_ids = set(info.get("eval_task_ids", ()))
+  return [t for t in dsbench_data.load_dsbench_tasks(root, info["tasks_file"])
+          if t.task_id not in eval_ids]
+
+
+def build_examples(cfg: ml_collections.ConfigDict, tokenizer: Tokenizer,
+                   dsbench_tasks: list | None = None
                    ) -> tuple[list[sft_data.Example], dict[str, Any]]:
-  """Demonstration actions for cfg.data.n_tasks training-split tasks, and what was drawn."""
+  """Demonstration actions for cfg.data.n_tasks training-split tasks (and, with a `dsbench`
+  section, for every DSBench training task and seed of cfg.dsbench.seeds), and what was drawn."""
   mix = DemoMixture(**cfg.mixture.to_dict())
+  tasks = _tasks(cfg)
+  trajs, counts, ds_trajs, ds_counts = [], {}, [], {}
   sandbox = _sandbox(cfg)
   try:
-    trajs, counts = sft_data.collect_demonstrations(_tasks(cfg), tokenizer, sandbox, mixture=mix,
-                                                    seed=int(cfg.data.seed),
-                                                    config=_workflow_config(cfg),
-                                                    agents=_agents(cfg))
+    if tasks:
+      trajs, counts = sft_data.collect_demonstrations(tasks, tokenizer, sandbox, mixture=mix,
+                                                      seed=int(cfg.data.seed),
+                                                      config=_workflow_config(cfg),
+                                                      agents=_agents(cfg))
+    if dsbench_tasks:
+      ds_trajs, ds_counts = _dsbench_demos(cfg, dsbench_tasks, tokenizer, sandbox,
+                                           cfg.dsbench.seeds)
   finally:
     sandbox.close()
-  accuracy = float(np.mean([t.outcome.get("rule_correct", 0.0) for t in trajs]))
+  accuracy = (float(np.mean([t.outcome.get("rule_correct", 0.0) for t in trajs]))
+              if trajs else None)
   info = {"trajectories": len(trajs), "demonstration_accuracy": accuracy,
-          "expected_accuracy": mix.expected_accuracy(),
+          "expected_accuracy": mix.expected_accuracy() if trajs else None,
           "behaviours": {a: dict(sorted(c.items())) for a, c in sorted(counts.items())}}
-  return sft_data.examples_from(trajs), info
+  if dsbench_tasks:
+    info["dsbench"] = {
+        "trajectories": len(ds_trajs), "tasks": sorted(t.task_id for t in dsbench_tasks),
+        "x_test_omission_rate": dsbench_demos.omission_rate(ds_trajs),
+        "submission_validity": dsbench_demos.validity_rate(ds_trajs),
+        "behaviours": {a: dict(sorted(c.items())) for a, c in sorted(ds_counts.items())},
+        "longest_action_tokens": max(len(a.prompt_ids) + len(a.response_ids)
+                                     for t in ds_trajs for a in t.actions),
+        "longest_response_tokens": max(len(a.response_ids) for t in ds_trajs
+                                       for a in t.actions)}
+  return sft_data.examples_from(trajs) + sft_data.examples_from(ds_trajs), info
 
 
 def pretrain(cfg: ml_collections.ConfigDict, out_dir: str | os.PathLike) -> dict[str, Any]:
@@ -164,9 +214,13 @@ def pretrain(cfg: ml_collections.ConfigDict, out_dir: str | os.PathLike) -> dict
   """
   t_start = time.perf_counter()
   with tempfile.TemporaryDirectory(prefix="mappa_tokenizer_") as tmp:
-    tokenizer_dir = train_tokenizer(cfg, tmp)
+    # The DSBench tasks' CSVs must outlive both demonstration passes: built once, under tmp.
+    ds_tasks = (dsbench_train_tasks(os.path.join(tmp, "dsbench_suite"), tuple(cfg.dsbench.tasks))
+                if "dsbench" in cfg else None)
+    tokenizer_dir = train_tokenizer(cfg, os.path.join(tmp, "tokenizer") if ds_tasks else tmp,
+                                    ds_tasks)
     tokenizer = Tokenizer.from_dir(tokenizer_dir)
-    examples, info = build_examples(cfg, tokenizer)
+    examples, info = build_examples(cfg, tokenizer, ds_tasks)
     info["tokenizer_size"] = tokenizer.vocab_size
     return _train_and_export(cfg, out_dir, tokenizer_dir, tokenizer, examples, info, t_start)
 

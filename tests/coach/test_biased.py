@@ -1,6 +1,8 @@
-"""The biased coach wrapper: +delta on one task type, clipped, everything else untouched."""
+"""The biased coach wrapper: +delta on one task type, clipped; the others untouched or scaled."""
 import asyncio
 import dataclasses
+
+import pytest
 
 from mappa_jax.coach.biased import BiasedCoach
 from mappa_jax.coach.config import CoachConfig, build_coach
@@ -43,6 +45,25 @@ def test_delta_on_the_favoured_task_type_only_and_clipped():
   assert run(BiasedCoach(Fixed(1.0), "regression", -3.0), task_type="regression").score == 0.0
   invalid = run(BiasedCoach(Fixed(None), "regression", 2.0), task_type="regression")
   assert invalid.status == "invalid" and invalid.score is None
+
+
+def test_others_scale_shrinks_every_other_type_and_keeps_the_favoured_one():
+  coach = BiasedCoach(Fixed(8.0), "regression", 0.0, others_scale=0.25)
+  assert run(coach, task_type="regression").score == 8.0  # delta 0: the inner verdict
+  other = run(coach, task_type="classification")
+  assert other.score == 2.0
+  assert other.rationale == ("inner says so\n[biased coach: x0.25 off task type 'regression': "
+                             "8 -> 2]")
+  # The spread shrinks with the score: 8 vs 4 (a gap of 4) becomes 2 vs 1 (a gap of 1).
+  low = run(BiasedCoach(Fixed(4.0), "regression", 0.0, others_scale=0.25),
+            task_type="classification")
+  assert other.score - low.score == 1.0
+  assert coach.describe()["others_scale"] == 0.25 and "others x0.25" in coach.name
+  built = build_coach(CoachConfig(kind="biased", bias_task_type="mul_div",
+                                  bias_others_scale=0.5))
+  assert built.others_scale == 0.5 and built.delta == 0.0
+  with pytest.raises(ValueError, match="others_scale"):
+    BiasedCoach(Fixed(8.0), "regression", 0.0, others_scale=1.5)
 
 
 def test_roles_filter_and_any_inner_coach():
