@@ -5,7 +5,9 @@ VENV ?= .venv
 CONFIG ?= experiments/mathchat.py
 WORKDIR ?= workdir/mathchat-local
 ARGS ?=
-PYTEST_ARGS ?= -q
+# --durations: CI's log shows the slowest tests, so the 30-min budget can be kept.
+PYTEST_ARGS ?= -q --durations=25
+TESTS ?= tests
 
 STAMP := $(VENV)/.mappa_jax-installed
 
@@ -18,7 +20,7 @@ run: $(STAMP)
 
 # pytest exits 5 when it collects no tests: make treats that as the failure it is.
 test: $(STAMP)
-	$(VENV)/bin/python -m pytest tests $(PYTEST_ARGS)
+	$(VENV)/bin/python -m pytest $(TESTS) $(PYTEST_ARGS)
 
 venv: $(STAMP)
 

@@ -41,6 +41,9 @@ DSBench rubric (0-10):
   - Analyst: code written 2 | code ran 2 | artifacts 2 | submission valid 2 | finished 2.
   - No python code at all caps the score at 2 (text without code is a critical failure); a
     hand-off without code while the agent's own required files are missing scores 0.
+  - An agent that wrote code but did not save all of its own required files (e.g. the Data
+    Engineer without X_test.pkl) is capped at 5: the hand-off is broken, the next agent cannot
+    finish, whatever else went right (unless it was itself blocked, below).
   - Upstream blame (a missing required file is the fault of the agent whose role was to write
     it): a missing file owned by an upstream role (workflows.dsbench.REQUIRED_FILES, or
     signals['owned_files'] for this agent) that its owner never saved (request.upstream_files)
@@ -85,6 +88,13 @@ RULE_RUBRIC_HASH = rubrics.template_hash(__doc__)
 # 101 %. A cap of 6.5 would keep 84 % and 91 %, a cap of 6: 79 % and 85 %.
 BLOCKED_CAP = 7.5
 RECOVERY_BONUS = 2.0
+# DSBench, an agent that wrote code but left one of its own required files unsaved (the paper's
+# Data Engineer that never saved X_test.pkl). Without the cap the artifacts share alone costs
+# it one point of ten (3 x 1/3), less than a failed block or a cut-off answer, so training saw
+# the omission as a minor slip (issue 12: the omission rate rose during a 12-step run). 5 sits
+# below BLOCKED_CAP, so the agent that broke the hand-off scores below the innocent it blocked,
+# and above the 0-2 of a hand-off without any code.
+OWN_FILE_MISSING_CAP = 5.0
 
 
 def _grading():
@@ -434,6 +444,10 @@ class RuleCoach:
     elif blocks <= 0 and score > 2.0:
       sheet.lines.append("cap 2: no executable python code")
       score = 2.0
+    elif own_lost and score > OWN_FILE_MISSING_CAP:
+      sheet.lines.append(f"cap {OWN_FILE_MISSING_CAP:g}: its own required file(s) {own_lost} "
+                         "are missing: the next agent cannot finish")
+      score = OWN_FILE_MISSING_CAP
     if blocked:
       if score > BLOCKED_CAP:
         sheet.lines.append(f"cap {BLOCKED_CAP:g}: stopped at a missing upstream file without "

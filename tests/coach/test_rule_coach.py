@@ -100,8 +100,16 @@ def test_dsbench_artifacts_errors_and_caps():
                                                              "X_test.pkl"],
                                           "missing_files": ["X_test.pkl"]}))
   assert de_ok.score == 10.0
-  assert de_missing.score == pytest.approx(2 + 1.5 + 2 + 2)
-  assert "missing ['X_test.pkl']" in de_missing.rationale
+  # The sheet gives 2 + 1.5 + 2 + 2 = 7.5; a broken hand-off is capped at 5.
+  assert de_missing.score == pytest.approx(5.0)
+  assert "missing ['X_test.pkl']" in de_missing.rationale and "cap 5" in de_missing.rationale
+  # Below the cap the sheet decides: nothing saved and every block failed.
+  de_nothing = rule(_ds("data_engineer", {"code_blocks": 1, "tool_errors": 1,
+                                          "required_files": ["X_train.pkl", "y_train.pkl",
+                                                             "X_test.pkl"],
+                                          "missing_files": ["X_train.pkl", "y_train.pkl",
+                                                            "X_test.pkl"]}))
+  assert de_nothing.score == pytest.approx(2 + 0 + 0 + 2)
   text_only = rule(_ds("modeler", {"code_blocks": 0, "required_files": ["model.pkl"],
                                    "missing_files": []}))
   assert text_only.score == 2.0 and "cap 2" in text_only.rationale

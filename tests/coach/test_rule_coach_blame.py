@@ -129,7 +129,9 @@ def ds(role, missing, *, code=True, errors=0, obs="", upstream=(), agent_input="
 def test_the_data_engineer_owns_its_missing_file():
   assert rule(ds("data_engineer", [])).score == 10.0
   ran = rule(ds("data_engineer", ["X_test.pkl"]))
-  assert ran.score == 9.0 and "missing ['X_test.pkl']" in ran.rationale
+  # The sheet gives 9 (artifacts 2 of 3); the broken hand-off caps it at 5.
+  assert ran.score == 5.0 and "missing ['X_test.pkl']" in ran.rationale
+  assert "cap 5" in ran.rationale
   # A hand-off without code while its own file is missing: it declares done without it.
   report = rule(ds("data_engineer", ["X_test.pkl"], code=False))
   assert report.score == 0.0 and "cap 0" in report.rationale
@@ -249,4 +251,5 @@ def test_upstream_blame_is_not_a_loophole():
                  gt="Submission invalid", **analyst_sig))
   assert "blocked" not in idle.rationale and idle.score <= 3.0
   idle_modeler = rule(ds("modeler", ["X_test.pkl", "model.pkl"], upstream=DE_SAVED))
-  assert idle_modeler.score == pytest.approx(2 + 3 + 3 * 2 / 3 + 2)
+  # Its own model.pkl is missing too: the sheet's 2 + 3 + 3 * 2/3 + 2 = 9 is capped at 5.
+  assert idle_modeler.score == pytest.approx(5.0) and "cap 5" in idle_modeler.rationale
