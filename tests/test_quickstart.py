@@ -61,10 +61,10 @@ def test_make_test_bootstraps_once_and_reinstalls_when_setup_changes(repo):
   first = _calls(repo)
   assert any(c.startswith("python3 -m venv .venv") for c in first)
   assert "venv-python -m pip install -e .[test,dsbench]" in first
-  assert first[-1] == "venv-python -m pytest tests -q"
+  assert first[-1] == "venv-python -m pytest tests -q --durations=25"
 
   assert _make(repo, "test").returncode == 0  # second run: no install
-  assert _calls(repo)[len(first):] == ["venv-python -m pytest tests -q"]
+  assert _calls(repo)[len(first):] == ["venv-python -m pytest tests -q --durations=25"]
 
   stamp = os.stat(repo / ".venv" / ".mappa_jax-installed").st_mtime
   os.utime(repo / "setup.cfg", (stamp + 10, stamp + 10))  # dependencies changed
