@@ -270,8 +270,9 @@ def test_data_engineer_never_saves_x_test(tokenizer, sandbox, tmp_path, ds_task)
   assert "FileNotFoundError" in an0.tool_observation and "X_test.pkl" in an0.tool_observation
   # Upstream blame: the Data Engineer loses, the Modeler and the Analyst that correctly tried to
   # load X_test.pkl keep their scores (the blocked Analyst is capped at 7.5: stopping at the
-  # missing file must pay less than a working recovery, see rule_coach.py).
-  assert _scores(traj) == [("data_engineer", 0, 9.0), ("data_engineer", 1, 0.0),
+  # missing file must pay less than a working recovery, see rule_coach.py). The Data Engineer's
+  # code ran and saved 2 of 3 files (9 on the sheet), capped at 5 for the broken hand-off.
+  assert _scores(traj) == [("data_engineer", 0, 5.0), ("data_engineer", 1, 0.0),
                            ("modeler", 0, 10.0), ("modeler", 1, 2.0), ("analyst", 0, 7.5),
                            ("analyst", 1, 2.0)]
   assert "blocked" in an0.coach.rationale and "data_engineer" in an0.coach.rationale
