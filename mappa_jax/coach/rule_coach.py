@@ -90,8 +90,9 @@ BLOCKED_CAP = 7.5
 RECOVERY_BONUS = 2.0
 # DSBench, an agent that wrote code but left one of its own required files unsaved (the paper's
 # Data Engineer that never saved X_test.pkl). Without the cap the artifacts share alone costs
-# it one point of ten (3 x 1/3), less than a failed block or a cut-off answer, so training saw
-# the omission as a minor slip (issue 12: the omission rate rose during a 12-step run). 5 sits
+# it one point of ten (3 x 1/3), less than a failed block or a cut-off answer: a weak signal for
+# the omission. (That the cap makes training lower the omission rate is not shown yet: issue 12,
+# where most omissions seen were programs that crashed before saving anything.) 5 sits
 # below BLOCKED_CAP, so the agent that broke the hand-off scores below the innocent it blocked,
 # and above the 0-2 of a hand-off without any code.
 OWN_FILE_MISSING_CAP = 5.0
