@@ -54,11 +54,26 @@ def measure_team(config: ml_collections.ConfigDict) -> dict[str, Any]:
   return out
 
 
+def _data_engineer_ran(traj: dict[str, Any]) -> bool:
+  """Whether one of the Data Engineer's code blocks ran to the end (exit 0, no timeout)."""
+  return any(call.get("exit_code") == 0 and not call.get("timed_out")
+             for action in traj.get("actions", ()) if action.get("agent") == "data_engineer"
+             for call in action.get("tool_calls", ()))
+
+
 def dsbench_file_rates(workdir: str) -> dict[tuple[int, str], dict[str, float]]:
-  """{(eval step, eval set): {'x_test_omission_rate', 'submission_validity', 'n'}} from the
-  trajectories a run's evaluations wrote (<workdir>/eval_results/step*_<set>.trajectories.jsonl):
-  the share of trajectories whose workspace ended without X_test.pkl, and with a valid
-  submission."""
+  """File hand-off rates of the trajectories a run's evaluations wrote
+  (<workdir>/eval_results/step*_<set>.trajectories.jsonl).
+
+  Returns:
+    {(eval step, eval set): rates}, the rates being shares of that evaluation's trajectories:
+      'x_test_omission_rate': the workspace ended without X_test.pkl, for any reason;
+      'x_test_forgotten_rate': ... although a Data Engineer program ran without error (it
+        forgot to save the file, the fault the demonstrations teach; the rest of the omissions
+        are programs that crashed before saving anything);
+      'submission_validity': a valid submission.csv;
+      'n': the number of trajectories.
+  """
   out = {}
   pattern = os.path.join(workdir, "eval_results", "step*_*.trajectories.jsonl")
   for path in sorted(glob.glob(pattern)):
@@ -67,9 +82,12 @@ def dsbench_file_rates(workdir: str) -> dict[tuple[int, str], dict[str, float]]:
     trajs = records.read_trajectories(path)
     if not trajs:
       continue
-    files = [{f[0] for f in t.get("metadata", {}).get("files", ())} for t in trajs]
+    missing = ["X_test.pkl" not in {f[0] for f in t.get("metadata", {}).get("files", ())}
+               for t in trajs]
     out[(int(step[len("step"):]), name)] = {
-        "x_test_omission_rate": float(sum("X_test.pkl" not in f for f in files) / len(trajs)),
+        "x_test_omission_rate": float(sum(missing) / len(trajs)),
+        "x_test_forgotten_rate": float(sum(m and _data_engineer_ran(t)
+                                           for m, t in zip(missing, trajs)) / len(trajs)),
         "submission_validity": float(sum(bool(t.get("outcome", {}).get("valid"))
                                          and not t.get("error") for t in trajs) / len(trajs)),
         "n": len(trajs)}
