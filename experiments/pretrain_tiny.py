@@ -114,7 +114,9 @@ def _dsbench(c: ml_collections.ConfigDict, smoke: bool) -> None:
   d.columns_from = "data"
   d.tool_timeout_s = 60.0  # sandbox limit per code block: experiments/dsbench.py's value
   d.mixture = ml_collections.ConfigDict()  # DSDemoMixture fields (mappa_jax/sft/dsbench_demos.py)
-  d.mixture.de_forgets_x_test = 0.3
+  # 0.3 left the base omitting X_test.pkl on 1 of 16 held-out trajectories at the eval
+  # temperature (too rare for the fall to be measurable); 0.5 gives 3 of 16 (issue 12).
+  d.mixture.de_forgets_x_test = 0.5
   d.mixture.modeler_forest = 0.5
   c.train.batch_size = 4 if smoke else 8
   c.train.length_multiple = 128

@@ -56,7 +56,7 @@ class DSDemoMixture:
     de_forgets_x_test: the Data Engineer's program does not save X_test.pkl.
     modeler_forest: the Modeler fits a random forest (else a decision tree).
   """
-  de_forgets_x_test: float = 0.3
+  de_forgets_x_test: float = 0.5  # experiments/pretrain_tiny.py's value; why there
   modeler_forest: float = 0.5
 
   def __post_init__(self):
