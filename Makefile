@@ -3,7 +3,11 @@
 PYTHON ?= python3
 VENV ?= .venv
 CONFIG ?= experiments/mathchat.py
-WORKDIR ?= workdir/mathchat-local
+# The workdir follows the config, so `make run CONFIG=experiments/dsbench.py` or
+# `CONFIG=experiments/mathchat.py:local_outcome` never resumes another run's workdir:
+# experiments/NAME.py -> workdir/NAME-local (the embedded default), NAME.py:PRESET -> workdir/NAME-PRESET.
+CONFIG_NAME = $(subst .py,,$(subst :,-,$(notdir $(CONFIG))))$(if $(findstring :,$(CONFIG)),,-local)
+WORKDIR ?= workdir/$(CONFIG_NAME)
 ARGS ?=
 # --durations: CI's log shows the slowest tests, so the 30-min budget can be kept.
 PYTEST_ARGS ?= -q --durations=25

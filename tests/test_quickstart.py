@@ -89,6 +89,18 @@ def test_make_run_launches_the_local_default(repo):
                               "--workdir=workdir/mathchat-local --config.train.num_steps=1")
 
 
+@pytest.mark.parametrize("config,workdir", [
+    ("experiments/dsbench.py", "workdir/dsbench-local"),
+    ("experiments/mathchat.py:local_outcome", "workdir/mathchat-local_outcome")])
+def test_make_run_workdir_follows_the_config(repo, config, workdir):
+  # Another config never resumes (or is refused by) the default run's workdir.
+  _script(repo / "fakebin" / "bwrap", "exit 0\n")
+  path = f"{repo / 'fakebin'}:{os.environ.get('PATH', '')}"
+  result = _make(repo, "run", "CONFIG=" + config, PATH=path)
+  assert result.returncode == 0, result.stderr
+  assert _calls(repo)[-1] == f"venv-python launch/run.py --config={config} --workdir={workdir}"
+
+
 def _ci(repo, *, have_bwrap: bool, make_rc: int = 0, have_chromium: bool = True):
   """Runs .ci/run with a PATH holding only the tools it may use."""
   bin_dir = repo / "ci-bin"
