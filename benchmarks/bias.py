@@ -20,8 +20,10 @@ scaled down) instead. Then prints, per run,
   * the bias guard (<workdir>/coach_bias.jsonl): the first step it warned, how many steps it
     warned on, and each agent's last score gap favoured-minus-others next to the outcome gap;
 
-and last one line per preset over its seeds (each type's mean accuracy change, the pooled
-specialisation).
+then one line per preset over its seeds (each type's mean accuracy change, the pooled
+specialisation), and last, per preset and type, the final accuracy minus the unbiased
+(`local`) run's at the same seed, paired per problem: what the bias cost on each type and
+how much of it a mitigation gives back.
 
 This is a benchmark, not a test: it asserts nothing and prints what it measured.
 """
@@ -166,6 +168,7 @@ def main() -> int:
     preset = os.path.basename(workdir).removeprefix("mathchat-").rsplit("-seed", 1)[0]
     changes.setdefault(preset, []).append((before, after))
   print_summary(changes, favoured)
+  print_gap_to_unbiased(changes, favoured)
   return 0
 
 
@@ -186,6 +189,43 @@ def print_summary(changes: dict[str, list[tuple[dict, dict]]], favoured: str) ->
                     for t in types)
     s, lo, hi = specialisation(before, after, favoured)
     print(f"{preset:<30} {len(runs):<5}{cells}{s:+.3f} [{lo:+.2f}, {hi:+.2f}]")
+
+
+def gap_to_unbiased(runs: list[tuple[dict, dict]], unbiased: list[tuple[dict, dict]]
+                    ) -> dict[str, list[float]]:
+  """{task type: per-problem final accuracy of a run minus the unbiased run's at the same
+  seed}, pooled over the seeds both have (runs and unbiased in the same seed order)."""
+  out: dict[str, list[float]] = {}
+  for (_, after), (_, ref) in zip(runs, unbiased):
+    for ttype, rows in after.items():
+      out.setdefault(ttype, []).extend(
+          v - ref[ttype][t] for t, v in rows.items() if t in ref.get(ttype, {}))
+  return out
+
+
+def print_gap_to_unbiased(changes: dict[str, list[tuple[dict, dict]]], favoured: str,
+                          unbiased: str = "local") -> None:
+  """Per preset and task type, the final accuracy minus the unbiased run's (paired per
+  problem and seed, bootstrap CI): what a biased coach cost or gained on each type, and what
+  of it a mitigation gives back (a mitigated run's gaps should sit nearer 0)."""
+  if unbiased not in changes:
+    return
+  ref = changes[unbiased]
+  types = sorted({t for _, after in ref for t in after})
+  head = "".join(f"  {t + ('*' if t == favoured else ''):<22}" for t in types)
+  print(f"\nfinal accuracy minus {unbiased!r} at the same seed (per problem, 95% CI)")
+  print(f"{'preset':<30} seeds{head}  mean |gap|")
+  for preset, runs in changes.items():
+    if preset == unbiased:
+      continue
+    n = min(len(runs), len(ref))
+    gaps = gap_to_unbiased(runs[:n], ref[:n])
+    cells = ""
+    for t in types:
+      lo, hi = metrics.bootstrap_ci(gaps.get(t, []))
+      cells += f"  {np.mean(gaps.get(t, [np.nan])):+.3f} [{lo:+.2f}, {hi:+.2f}]  "
+    size = np.mean([abs(np.mean(gaps[t])) for t in types if gaps.get(t)])
+    print(f"{preset:<30} {n:<5}{cells}{size:.3f}")
 
 
 if __name__ == "__main__":
