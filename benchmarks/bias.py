@@ -221,10 +221,11 @@ def print_gap_to_unbiased(changes: dict[str, list[tuple[dict, dict]]], favoured:
     n = min(len(runs), len(ref))
     gaps = gap_to_unbiased(runs[:n], ref[:n])
     cells = ""
+    means = {t: float(np.mean(gaps[t])) for t in types if gaps.get(t)}
     for t in types:
       lo, hi = metrics.bootstrap_ci(gaps.get(t, []))
-      cells += f"  {np.mean(gaps.get(t, [np.nan])):+.3f} [{lo:+.2f}, {hi:+.2f}]  "
-    size = np.mean([abs(np.mean(gaps[t])) for t in types if gaps.get(t)])
+      cells += f"  {means.get(t, np.nan):+.3f} [{lo:+.2f}, {hi:+.2f}]  "
+    size = np.mean([abs(m) for m in means.values()])
     print(f"{preset:<30} {n:<5}{cells}{size:.3f}")
 
 

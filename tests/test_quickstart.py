@@ -80,25 +80,21 @@ def test_make_test_fails_when_pytest_fails_or_collects_nothing(repo):
   assert _make(repo, "test", PYTEST_RC="5").returncode != 0  # 5 = no tests collected
 
 
-def test_make_run_launches_the_local_default(repo):
+@pytest.mark.parametrize("args,line", [
+    (["ARGS=--config.train.num_steps=1"],
+     "--config=experiments/mathchat.py --workdir=workdir/mathchat-local "
+     "--config.train.num_steps=1"),
+    # The workdir follows the config: another config never lands in the default run's workdir.
+    (["CONFIG=experiments/dsbench.py"],
+     "--config=experiments/dsbench.py --workdir=workdir/dsbench-local"),
+    (["CONFIG=experiments/mathchat.py:local_outcome"],
+     "--config=experiments/mathchat.py:local_outcome --workdir=workdir/mathchat-local_outcome")])
+def test_make_run_launches_the_config_in_its_workdir(repo, args, line):
   _script(repo / "fakebin" / "bwrap", "exit 0\n")  # present: ensure_bwrap.sh installs nothing
   path = f"{repo / 'fakebin'}:{os.environ.get('PATH', '')}"
-  result = _make(repo, "run", "ARGS=--config.train.num_steps=1", PATH=path)
+  result = _make(repo, "run", *args, PATH=path)
   assert result.returncode == 0, result.stderr
-  assert _calls(repo)[-1] == ("venv-python launch/run.py --config=experiments/mathchat.py "
-                              "--workdir=workdir/mathchat-local --config.train.num_steps=1")
-
-
-@pytest.mark.parametrize("config,workdir", [
-    ("experiments/dsbench.py", "workdir/dsbench-local"),
-    ("experiments/mathchat.py:local_outcome", "workdir/mathchat-local_outcome")])
-def test_make_run_workdir_follows_the_config(repo, config, workdir):
-  # Another config never resumes (or is refused by) the default run's workdir.
-  _script(repo / "fakebin" / "bwrap", "exit 0\n")
-  path = f"{repo / 'fakebin'}:{os.environ.get('PATH', '')}"
-  result = _make(repo, "run", "CONFIG=" + config, PATH=path)
-  assert result.returncode == 0, result.stderr
-  assert _calls(repo)[-1] == f"venv-python launch/run.py --config={config} --workdir={workdir}"
+  assert _calls(repo)[-1].rstrip() == "venv-python launch/run.py " + line
 
 
 def _ci(repo, *, have_bwrap: bool, make_rc: int = 0, have_chromium: bool = True):
