@@ -10,7 +10,9 @@ finished runs are reused): `local` (the unbiased rule coach), `local_biased` (th
 +BIAS_DELTA on every action of BIAS_TASK_TYPE problems) and `local_biased_stratum` (the biased
 coach with advantages whitened per task type); `--presets=local_biased_spread,
 local_biased_spread_stratum,local` runs the behaviour-dependent bias (the other types' scores
-scaled down) instead. Then prints, per run,
+scaled down) instead, and `--presets=local_biased_style,local_biased_style_stratum,local` the
+style bias (+BIAS_DELTA on any output matching BIAS_STYLE_PATTERN, on every type). Then prints,
+per run,
 
   * accuracy per task type on the held-out problems, before (step 0) and after, with bootstrap
     CIs over problems;
@@ -148,7 +150,8 @@ def main() -> int:
   favoured = mathchat.BIAS_TASK_TYPE
   print(f"\nbiased coaches (experiments/mathchat.py), favoured type {favoured!r}: local_biased* "
         f"+{mathchat.BIAS_DELTA:g} on it; local_biased_spread* the other types' scores "
-        f"x{mathchat.BIAS_OTHERS_SCALE:g}; eval set {EVAL_SET!r}")
+        f"x{mathchat.BIAS_OTHERS_SCALE:g}; local_biased_style* +{mathchat.BIAS_DELTA:g} on "
+        f"any output matching /{mathchat.BIAS_STYLE_PATTERN}/; eval set {EVAL_SET!r}")
   changes: dict[str, list[tuple[dict, dict]]] = {}
   for workdir in workdirs:
     steps = summary.eval_results(workdir)[EVAL_SET]

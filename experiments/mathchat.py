@@ -16,6 +16,10 @@ Presets (`--config=experiments/mathchat.py:<preset>`):
                  but BIAS_TASK_TYPE are multiplied by BIAS_OTHERS_SCALE (stingier and less
                  discriminating off the favoured type).
   local_biased_spread_stratum  `local_biased_spread` with per-type whitening.
+  local_biased_style  a coach that likes BIAS_TASK_TYPE's kind of work wherever it appears:
+                 +BIAS_DELTA on every action whose output matches BIAS_STYLE_PATTERN
+                 (multiplicative code), on every task type.
+  local_biased_style_stratum  `local_biased_style` with per-type whitening.
   smoke          a random tiny model, 3 steps, 4 eval problems: wiring checks (tests).
   paper  reference hyper-parameters (mappa-reference.md §3.1). Needs a model and a coach:
            --config.model.hf_dir=/ckpt/Qwen3-4B-Thinking-2507
@@ -35,12 +39,15 @@ from experiments import common  # pylint: disable=g-import-not-at-top,wrong-impo
 
 
 PRESETS = ("local", "local_outcome", "local_grpo", "local_biased", "local_biased_stratum",
-           "local_biased_spread", "local_biased_spread_stratum", "smoke", "paper")
+           "local_biased_spread", "local_biased_spread_stratum", "local_biased_style",
+           "local_biased_style_stratum", "smoke", "paper")
 # The RL estimator of each CPU team preset (rl.advantage_estimator).
 _TEAM_ESTIMATORS = {"local": "reinforce_pp", "local_outcome": "outcome", "local_grpo": "grpo",
                     "local_biased": "reinforce_pp", "local_biased_stratum": "reinforce_pp",
                     "local_biased_spread": "reinforce_pp",
-                    "local_biased_spread_stratum": "reinforce_pp"}
+                    "local_biased_spread_stratum": "reinforce_pp",
+                    "local_biased_style": "reinforce_pp",
+                    "local_biased_style_stratum": "reinforce_pp"}
 # The bias experiment's coach: the rule coach, +BIAS_DELTA on one of the synthetic task types
 # (add_sub, mul_div, mixed), every role. The paper's DSBench coach favoured regression by
 # 0.5-1.8 points; 2 points sits just above that range, so the effect is visible in 32 steps.
@@ -49,6 +56,11 @@ BIAS_TASK_TYPE, BIAS_DELTA = "mul_div", 2.0
 # action there gains a quarter of what it gains on mul_div (a constant offset alone is a
 # baseline shift and measured not to specialise the team).
 BIAS_OTHERS_SCALE = 0.25
+# The style bias (local_biased_style): +BIAS_DELTA on any output with a multiplicative
+# augmented assignment (`n *= 3`, `n //= 5`: how the team's Code Executor writes mul_div work),
+# whatever the problem's type. On add_sub problems that rewards wrong code, so unlike the two
+# biases above it can pull the team toward mul_div-style work where it does not belong.
+BIAS_STYLE_PATTERN = r"[*/]="
 TINY_TEAM_DIR = os.path.join(_ROOT, "mappa_jax", "assets", "tiny_team")
 
 
@@ -78,6 +90,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       c.bias_others_scale = BIAS_OTHERS_SCALE
     else:
       c.bias_delta = BIAS_DELTA
+    if preset.startswith("local_biased_style"):
+      c.bias_style_pattern = BIAS_STYLE_PATTERN
   if preset.endswith("_stratum"):
     # Each type's advantages are whitened by its own mean and spread: a constant per-type
     # offset is removed, and a shrunk spread is scaled back up.

@@ -55,10 +55,13 @@ def test_team_presets_differ_only_in_what_they_are_named_for():
     assert other["rl.advantage_estimator"] == estimator and other["name"] == f"mathchat-{preset}"
   biased = {"coach.kind", "coach.bias_task_type", "coach.bias_delta"}
   spread = {"coach.kind", "coach.bias_task_type", "coach.bias_others_scale"}
+  style = biased | {"coach.bias_style_pattern"}
   for preset, changes in (("local_biased", biased),
                           ("local_biased_stratum", biased | {"rl.whiten_scope"}),
                           ("local_biased_spread", spread),
-                          ("local_biased_spread_stratum", spread | {"rl.whiten_scope"})):
+                          ("local_biased_spread_stratum", spread | {"rl.whiten_scope"}),
+                          ("local_biased_style", style),
+                          ("local_biased_style_stratum", style | {"rl.whiten_scope"})):
     other = mconfig.flatten(mconfig.validate(mconfig.load_config(f"{MATHCHAT}:{preset}")))
     changed = {k for k in local if local[k] != other[k]}
     assert changed == {"name", "preset"} | changes, changed

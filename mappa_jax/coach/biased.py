@@ -14,10 +14,18 @@ other type's score is multiplied by it, so off its favoured type the coach is st
 discriminating (a good action gains less over a bad one). Under global whitening the favoured
 type then carries most of the learning signal; per-stratum whitening, which divides each
 stratum by its own spread, restores it.
+
+`style_pattern` is the paper's reading of its own bias: a coach that likes the favoured type's
+*kind of work* wherever it appears (regression-style modelling on a classification task). With
+it, `delta` goes to every action whose output matches the regular expression, on every task
+type, instead of to every action of `task_type` (which then only names the type whose style
+it is). Within a type such a bonus is not a baseline shift: it rewards one behaviour over
+another, so per-stratum normalisation cannot remove it.
 """
 from __future__ import annotations
 
 import dataclasses
+import re
 
 from mappa_jax.coach import requests as rq
 from mappa_jax.coach.types import Coach, CoachRequest, CoachResult
@@ -29,28 +37,40 @@ class BiasedCoach:
   """Args: inner: the coach whose verdicts are biased; task_type: the favoured stratum (a
   CoachRequest.task_type, e.g. 'regression', 'add_sub'); delta: points added (negative
   disfavours); others_scale: every other type's score is multiplied by this (1: untouched);
-  roles: only these roles are biased (None: all)."""
+  roles: only these roles are biased (None: all); style_pattern: a regular expression: when
+  set, delta goes to every action whose output matches it, of any type, and others_scale
+  must be 1."""
 
   def __init__(self, inner: Coach, task_type: str, delta: float, others_scale: float = 1.0,
-               roles: tuple[str, ...] | None = None, name: str = ""):
+               roles: tuple[str, ...] | None = None, name: str = "", style_pattern: str = ""):
     if not task_type:
       raise ValueError("BiasedCoach needs the task type it favours (coach.bias_task_type)")
     if not 0.0 <= others_scale <= 1.0:
       raise ValueError(f"BiasedCoach others_scale={others_scale!r} (coach.bias_others_scale) "
                        "must be in [0, 1]")
+    if style_pattern and others_scale != 1.0:
+      raise ValueError("BiasedCoach: coach.bias_style_pattern and coach.bias_others_scale are "
+                       "two different biases; set one (bias_others_scale=1 turns it off)")
+    try:
+      self.style = re.compile(style_pattern) if style_pattern else None
+    except re.error as e:
+      raise ValueError(f"BiasedCoach style_pattern={style_pattern!r} "
+                       f"(coach.bias_style_pattern) is not a regular expression: {e}") from e
     self.inner = inner
     self.task_type = task_type
     self.delta = float(delta)
     self.others_scale = float(others_scale)
     self.roles = None if roles is None else frozenset(rq.normalize_role(r) for r in roles)
     scaled = f", others x{others_scale:g}" if others_scale != 1.0 else ""
-    self.name = name or (f"biased({getattr(inner, 'name', 'coach')}, {task_type}{delta:+g}"
+    where = f"{task_type}-style /{style_pattern}/" if style_pattern else task_type
+    self.name = name or (f"biased({getattr(inner, 'name', 'coach')}, {where}{delta:+g}"
                          f"{scaled})")
 
   def describe(self) -> dict:
     return {"kind": "biased", "name": self.name, "task_type": self.task_type,
             "delta": self.delta, "others_scale": self.others_scale,
             "roles": None if self.roles is None else sorted(self.roles),
+            "style_pattern": self.style.pattern if self.style else "",
             "inner": self.inner.describe() if hasattr(self.inner, "describe")
             else repr(self.inner)}
 
@@ -58,9 +78,16 @@ class BiasedCoach:
     """Whether the bias touches this request's role (favoured type or not)."""
     return self.roles is None or rq.normalize_role(request.role) in self.roles
 
-  def biased_score(self, score: float, task_type: str) -> tuple[float, str]:
-    """The biased score of an inner verdict `score` on `task_type`, and what was done."""
+  def biased_score(self, score: float, task_type: str,
+                   output: str = "") -> tuple[float, str]:
+    """The biased score of an inner verdict `score` on `task_type` for the action `output`,
+    and what was done."""
     lo, hi = SCORE_RANGE
+    if self.style is not None:
+      if self.style.search(output):
+        return (min(hi, max(lo, score + self.delta)),
+                f"{self.delta:+g} for {self.task_type}-style output /{self.style.pattern}/")
+      return score, "no style bonus"
     if task_type == self.task_type:
       return (min(hi, max(lo, score + self.delta)),
               f"{self.delta:+g} on task type {self.task_type!r}")
@@ -71,7 +98,8 @@ class BiasedCoach:
     result = await self.inner.score(request)
     if not result.is_scored or result.score is None or not self.applies(request):
       return result
-    biased, what = self.biased_score(float(result.score), request.task_type)
+    biased, what = self.biased_score(float(result.score), request.task_type,
+                                     request.agent_output)
     if biased == float(result.score):
       return result
     note = f"[biased coach: {what}: {float(result.score):g} -> {biased:g}]"

@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
 from typing import Callable, Literal
 
 from mappa_jax.coach import requests as rq
@@ -122,6 +123,10 @@ class CoachConfig(Section):
       1.0, "kind='biased': every other task type's score is multiplied by this (< 1: a coach "
       "that is stingier and less discriminating off its favoured type, a bias that depends on "
       "behaviour; 1 = off)", check=lambda v: 0.0 <= v <= 1.0, fix="Use a value in [0, 1].")
+  bias_style_pattern: str = field(
+      "", "kind='biased': a regular expression; when set, bias_delta goes to every action whose "
+      "output matches it, on every task type (a coach that likes bias_task_type's kind of work "
+      "wherever it appears), instead of to every action of bias_task_type; '' = off")
   bias_roles: tuple[str, ...] | None = field(None, "kind='biased': only these roles are biased; "
                                              "None or () = every role")
   bias_inner: Literal["rule", "openai", "panel", "replay"] = field(
@@ -140,6 +145,15 @@ class CoachConfig(Section):
     if self.kind == "biased" and not self.bias_task_type:
       found.append(("bias_task_type", "is required for coach.kind='biased': set "
                     "--config.coach.bias_task_type=<task type> (e.g. 'add_sub')"))
+    if self.kind == "biased" and self.bias_style_pattern:
+      if self.bias_others_scale != 1.0:
+        found.append(("bias_style_pattern", "and bias_others_scale are two different biases: set "
+                      "--config.coach.bias_others_scale=1 or --config.coach.bias_style_pattern=''"))
+      try:
+        re.compile(self.bias_style_pattern)
+      except re.error as e:
+        found.append(("bias_style_pattern", f"is not a regular expression ({e}): fix it or "
+                      "set --config.coach.bias_style_pattern=''"))
     if kind in ("openai", "panel") and self.base_url is None:
       found.append(("base_url", f"is required for {named}: set "
                     "--config.coach.base_url=https://host/v1 (an OpenAI-compatible endpoint), "
@@ -232,6 +246,7 @@ def _biased(cfg: CoachConfig, workdir: str | None, caches: Caches) -> Coach:
   inner = KINDS[cfg.bias_inner](dataclasses.replace(cfg, kind=cfg.bias_inner), workdir, caches)
   return BiasedCoach(inner, cfg.bias_task_type, cfg.bias_delta,
                      others_scale=cfg.bias_others_scale, roles=cfg.bias_roles or None,
+                     style_pattern=cfg.bias_style_pattern,
                      name=cfg.name)
 
 

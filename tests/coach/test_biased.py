@@ -93,3 +93,33 @@ def test_coach_kind_biased_builds_the_wrapper_around_bias_inner():
   assert run(coach, **req, task_type="mul_div").score == 3.5
   assert run(coach, **req, task_type="add_sub").score == 2.0
   assert build_coach(dataclasses.replace(cfg, bias_roles=())).roles is None  # () = every role
+
+
+def test_style_pattern_rewards_the_matching_output_on_every_type_and_nothing_else():
+  coach = BiasedCoach(Fixed(6.0), "mul_div", 2.0, style_pattern=r"[*/]=")
+  code = "```python\nn = 85\nn //= 5\nn *= 3\nprint(n)\n```"
+  for ttype in ("add_sub", "mixed", "mul_div"):  # the task type does not matter, the output does
+    assert run(coach, task_type=ttype, output=code).score == 8.0
+  plain = run(coach, task_type="mul_div", output="</think>\n\n```python\nn = 9\nn += 2\n```")
+  assert plain == asyncio.run(Fixed(6.0).score(make_request(task_type="mul_div")))
+  matched = run(coach, task_type="add_sub", output=code)
+  assert matched.rationale == ("inner says so\n[biased coach: +2 for mul_div-style output "
+                               "/[*/]=/: 6 -> 8]")
+  assert coach.describe()["style_pattern"] == "[*/]=" and "mul_div-style" in coach.name
+  built = build_coach(CoachConfig(kind="biased", bias_task_type="mul_div", bias_delta=2.0,
+                                  bias_style_pattern=r"[*/]="))
+  assert built.style.pattern == "[*/]=" and built.delta == 2.0
+  with pytest.raises(ValueError, match="two different biases"):
+    BiasedCoach(Fixed(6.0), "mul_div", 2.0, others_scale=0.5, style_pattern="x")
+  with pytest.raises(ValueError, match="bias_style_pattern"):
+    BiasedCoach(Fixed(6.0), "mul_div", 2.0, style_pattern="[")
+
+
+@pytest.mark.parametrize("fields, message", [
+    (dict(bias_style_pattern="["), "not a regular expression"),
+    (dict(bias_style_pattern="x", bias_others_scale=0.5), "two different biases")])
+def test_a_bad_style_bias_names_the_field_and_the_fix(fields, message):
+  with pytest.raises(Exception) as info:
+    CoachConfig(kind="biased", bias_task_type="mul_div", **fields)
+  assert "bias_style_pattern" in str(info.value) and message in str(info.value)
+  assert "--config.coach." in str(info.value)
