@@ -17,10 +17,11 @@ stratum by its own spread, restores it.
 
 `style_pattern` is the paper's reading of its own bias: a coach that likes the favoured type's
 *kind of work* wherever it appears (regression-style modelling on a classification task). With
-it, `delta` goes to every action whose output matches the regular expression, on every task
-type, instead of to every action of `task_type` (which then only names the type whose style
-it is). Within a type such a bonus is not a baseline shift: it rewards one behaviour over
-another, so per-stratum normalisation cannot remove it.
+it, `delta` goes to every action whose visible output (after its reasoning, the part the rule
+coach grades) matches the regular expression, on every task type, instead of to every action
+of `task_type` (which then only names the type whose style it is). Where the style is more
+common on one type the bonus acts partly as a per-type offset; within a type it rewards one
+behaviour over another, which per-stratum normalisation does not remove.
 """
 from __future__ import annotations
 
@@ -28,9 +29,24 @@ import dataclasses
 import re
 
 from mappa_jax.coach import requests as rq
+from mappa_jax.coach.rule_coach import visible_text
 from mappa_jax.coach.types import Coach, CoachRequest, CoachResult
 
 SCORE_RANGE = (0.0, 10.0)
+
+
+def compile_style_pattern(pattern: str) -> re.Pattern:
+  """`pattern` compiled; ValueError (naming coach.bias_style_pattern) if it is not a regular
+  expression or matches every output (it matches the empty string: a constant, not a style)."""
+  try:
+    compiled = re.compile(pattern)
+  except re.error as e:
+    raise ValueError(f"coach.bias_style_pattern={pattern!r} is not a regular expression "
+                     f"({e}): fix it or set --config.coach.bias_style_pattern=''") from e
+  if compiled.search(""):
+    raise ValueError(f"coach.bias_style_pattern={pattern!r} matches the empty string, so every "
+                     "output: use a pattern that needs at least one character (e.g. '[*/]=')")
+  return compiled
 
 
 class BiasedCoach:
@@ -51,11 +67,7 @@ class BiasedCoach:
     if style_pattern and others_scale != 1.0:
       raise ValueError("BiasedCoach: coach.bias_style_pattern and coach.bias_others_scale are "
                        "two different biases; set one (bias_others_scale=1 turns it off)")
-    try:
-      self.style = re.compile(style_pattern) if style_pattern else None
-    except re.error as e:
-      raise ValueError(f"BiasedCoach style_pattern={style_pattern!r} "
-                       f"(coach.bias_style_pattern) is not a regular expression: {e}") from e
+    self.style = compile_style_pattern(style_pattern) if style_pattern else None
     self.inner = inner
     self.task_type = task_type
     self.delta = float(delta)
@@ -84,7 +96,7 @@ class BiasedCoach:
     and what was done."""
     lo, hi = SCORE_RANGE
     if self.style is not None:
-      if self.style.search(output):
+      if self.style.search(visible_text(output)):
         return (min(hi, max(lo, score + self.delta)),
                 f"{self.delta:+g} for {self.task_type}-style output /{self.style.pattern}/")
       return score, "no style bonus"

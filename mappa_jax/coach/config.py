@@ -8,11 +8,10 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import re
 from typing import Callable, Literal
 
 from mappa_jax.coach import requests as rq
-from mappa_jax.coach.biased import BiasedCoach
+from mappa_jax.coach.biased import BiasedCoach, compile_style_pattern
 from mappa_jax.coach.cache import CoachCache
 from mappa_jax.coach.panel import PanelCoach
 from mappa_jax.coach.rule_coach import RuleCoach
@@ -150,10 +149,9 @@ class CoachConfig(Section):
         found.append(("bias_style_pattern", "and bias_others_scale are two different biases: set "
                       "--config.coach.bias_others_scale=1 or --config.coach.bias_style_pattern=''"))
       try:
-        re.compile(self.bias_style_pattern)
-      except re.error as e:
-        found.append(("bias_style_pattern", f"is not a regular expression ({e}): fix it or "
-                      "set --config.coach.bias_style_pattern=''"))
+        compile_style_pattern(self.bias_style_pattern)
+      except ValueError as e:
+        found.append(("bias_style_pattern", str(e).split("=", 1)[1]))
     if kind in ("openai", "panel") and self.base_url is None:
       found.append(("base_url", f"is required for {named}: set "
                     "--config.coach.base_url=https://host/v1 (an OpenAI-compatible endpoint), "

@@ -115,11 +115,24 @@ def test_style_pattern_rewards_the_matching_output_on_every_type_and_nothing_els
     BiasedCoach(Fixed(6.0), "mul_div", 2.0, style_pattern="[")
 
 
-@pytest.mark.parametrize("fields, message", [
-    (dict(bias_style_pattern="["), "not a regular expression"),
-    (dict(bias_style_pattern="x", bias_others_scale=0.5), "two different biases")])
-def test_a_bad_style_bias_names_the_field_and_the_fix(fields, message):
+def test_style_pattern_sees_only_the_visible_output_and_respects_roles():
+  coach = BiasedCoach(Fixed(6.0), "mul_div", 2.0, style_pattern=r"[*/]=",
+                      roles=("Code Executor",))
+  thought = "<think>n *= 3 would be wrong here</think>\n\n```python\nn = 9\nn += 2\n```"
+  assert run(coach, role="code_executor", output=thought).score == 6.0  # only in the reasoning
+  code = "</think>\n\n```python\nn = 9\nn *= 2\n```"
+  assert run(coach, role="code_executor", output=code).score == 8.0
+  assert run(coach, role="verifier", output=code).score == 6.0  # not a biased role
+  assert run(BiasedCoach(Fixed(9.0), "mul_div", 2.0, style_pattern="n"), output="n").score == 10.0
+
+
+@pytest.mark.parametrize("fields, message, fix", [
+    (dict(bias_style_pattern="["), "not a regular expression", "--config.coach."),
+    (dict(bias_style_pattern="x*"), "matches the empty string", "e.g. '[*/]='"),
+    (dict(bias_style_pattern="x", bias_others_scale=0.5), "two different biases",
+     "--config.coach.")])
+def test_a_bad_style_bias_names_the_field_and_the_fix(fields, message, fix):
   with pytest.raises(Exception) as info:
     CoachConfig(kind="biased", bias_task_type="mul_div", **fields)
   assert "bias_style_pattern" in str(info.value) and message in str(info.value)
-  assert "--config.coach." in str(info.value)
+  assert fix in str(info.value)
