@@ -35,18 +35,21 @@ from mappa_jax.coach.types import Coach, CoachRequest, CoachResult
 SCORE_RANGE = (0.0, 10.0)
 
 
-def compile_style_pattern(pattern: str) -> re.Pattern:
-  """`pattern` compiled; ValueError (naming coach.bias_style_pattern) if it is not a regular
-  expression or matches every output (it matches the empty string: a constant, not a style)."""
+def style_bias_problem(pattern: str, others_scale: float = 1.0) -> str | None:
+  """Why `pattern` (coach.bias_style_pattern) cannot be a style bias next to `others_scale`,
+  with the fix; None when it can. One rule for BiasedCoach and CoachConfig's check."""
+  if others_scale != 1.0:
+    return ("and bias_others_scale are two different biases: set "
+            "--config.coach.bias_others_scale=1 or --config.coach.bias_style_pattern=''")
   try:
     compiled = re.compile(pattern)
   except re.error as e:
-    raise ValueError(f"coach.bias_style_pattern={pattern!r} is not a regular expression "
-                     f"({e}): fix it or set --config.coach.bias_style_pattern=''") from e
-  if compiled.search(""):
-    raise ValueError(f"coach.bias_style_pattern={pattern!r} matches the empty string, so every "
-                     "output: use a pattern that needs at least one character (e.g. '[*/]=')")
-  return compiled
+    return (f"{pattern!r} is not a regular expression ({e}): fix it or set "
+            "--config.coach.bias_style_pattern=''")
+  if compiled.search(""):  # it matches every output: a constant, not a style
+    return (f"{pattern!r} matches the empty string, so every output: use a pattern that "
+            "needs at least one character (e.g. '[*/]=')")
+  return None
 
 
 class BiasedCoach:
@@ -64,10 +67,10 @@ class BiasedCoach:
     if not 0.0 <= others_scale <= 1.0:
       raise ValueError(f"BiasedCoach others_scale={others_scale!r} (coach.bias_others_scale) "
                        "must be in [0, 1]")
-    if style_pattern and others_scale != 1.0:
-      raise ValueError("BiasedCoach: coach.bias_style_pattern and coach.bias_others_scale are "
-                       "two different biases; set one (bias_others_scale=1 turns it off)")
-    self.style = compile_style_pattern(style_pattern) if style_pattern else None
+    problem = style_bias_problem(style_pattern, others_scale) if style_pattern else None
+    if problem:
+      raise ValueError(f"BiasedCoach coach.bias_style_pattern {problem}")
+    self.style = re.compile(style_pattern) if style_pattern else None
     self.inner = inner
     self.task_type = task_type
     self.delta = float(delta)
@@ -95,16 +98,17 @@ class BiasedCoach:
     """The biased score of an inner verdict `score` on `task_type` for the action `output`,
     and what was done."""
     lo, hi = SCORE_RANGE
-    if self.style is not None:
-      if self.style.search(visible_text(output)):
-        return (min(hi, max(lo, score + self.delta)),
-                f"{self.delta:+g} for {self.task_type}-style output /{self.style.pattern}/")
-      return score, "no style bonus"
-    if task_type == self.task_type:
-      return (min(hi, max(lo, score + self.delta)),
-              f"{self.delta:+g} on task type {self.task_type!r}")
-    return (min(hi, max(lo, score * self.others_scale)),
-            f"x{self.others_scale:g} off task type {self.task_type!r}")
+    if self.style is not None:  # others_scale is 1 here: a non-matching output is untouched
+      favoured = bool(self.style.search(visible_text(output)))
+      what = f"{self.task_type}-style output /{self.style.pattern}/"
+      on = f"for {what}"
+    else:
+      favoured = task_type == self.task_type
+      what = f"task type {self.task_type!r}"
+      on = f"on {what}"
+    if favoured:
+      return min(hi, max(lo, score + self.delta)), f"{self.delta:+g} {on}"
+    return min(hi, max(lo, score * self.others_scale)), f"x{self.others_scale:g} off {what}"
 
   async def score(self, request: CoachRequest) -> CoachResult:
     result = await self.inner.score(request)

@@ -11,7 +11,7 @@ import os
 from typing import Callable, Literal
 
 from mappa_jax.coach import requests as rq
-from mappa_jax.coach.biased import BiasedCoach, compile_style_pattern
+from mappa_jax.coach.biased import BiasedCoach, style_bias_problem
 from mappa_jax.coach.cache import CoachCache
 from mappa_jax.coach.panel import PanelCoach
 from mappa_jax.coach.rule_coach import RuleCoach
@@ -145,13 +145,9 @@ class CoachConfig(Section):
       found.append(("bias_task_type", "is required for coach.kind='biased': set "
                     "--config.coach.bias_task_type=<task type> (e.g. 'add_sub')"))
     if self.kind == "biased" and self.bias_style_pattern:
-      if self.bias_others_scale != 1.0:
-        found.append(("bias_style_pattern", "and bias_others_scale are two different biases: set "
-                      "--config.coach.bias_others_scale=1 or --config.coach.bias_style_pattern=''"))
-      try:
-        compile_style_pattern(self.bias_style_pattern)
-      except ValueError as e:
-        found.append(("bias_style_pattern", str(e).split("=", 1)[1]))
+      problem = style_bias_problem(self.bias_style_pattern, self.bias_others_scale)
+      if problem:
+        found.append(("bias_style_pattern", problem))
     if kind in ("openai", "panel") and self.base_url is None:
       found.append(("base_url", f"is required for {named}: set "
                     "--config.coach.base_url=https://host/v1 (an OpenAI-compatible endpoint), "
