@@ -9,3 +9,28 @@
 The default (impl='xla') implementations and the impl switches are in mappa_jax/rl/.
 """
 
+# The repository root is on sys.path whenever a script runs from it (`python -m pytest`, the
+# experiments/ configs, benchmarks/), and there this directory would shadow Hugging Face's
+# `kernels` distribution, which transformers>=5.25 requires and imports at start-up (every
+# HF-parity test then failed with "cannot import name 'CUDAProperties' from 'kernels'"). This
+# directory is only ever meant as mappa_jax.kernels; imported as plain `kernels`, it hands the
+# import over to whichever `kernels` the rest of sys.path holds, or says there is none.
+if __name__ == "kernels":
+  import importlib.machinery as _machinery
+  import importlib.util as _util
+  import os as _os
+  import sys as _sys
+
+  _repo_root = _os.path.dirname(_os.path.dirname(_os.path.abspath(__file__)))
+  _elsewhere = [p for p in _sys.path
+                if isinstance(p, str) and _os.path.abspath(p or _os.curdir) != _repo_root]
+  _spec = _machinery.PathFinder.find_spec("kernels", _elsewhere)
+  if _spec is None or _spec.loader is None:
+    raise ModuleNotFoundError(
+        "No module named 'kernels' outside the mappa_jax repository: the repository's kernels/ "
+        "directory is importable only as mappa_jax.kernels (pip install -e . installs it so).",
+        name="kernels")
+  _module = _util.module_from_spec(_spec)
+  # importlib returns whatever sys.modules holds once this file has run: the other package.
+  _sys.modules["kernels"] = _module
+  _spec.loader.exec_module(_module)
