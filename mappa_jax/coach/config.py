@@ -144,6 +144,15 @@ class CoachConfig(Section):
     if self.kind == "biased" and not self.bias_task_type:
       found.append(("bias_task_type", "is required for coach.kind='biased': set "
                     "--config.coach.bias_task_type=<task type> (e.g. 'add_sub')"))
+    if self.kind != "biased":
+      # A bias field is read only by the 'biased' wrapper: set on another kind it would be
+      # dropped without a word, and a user would believe a bias experiment ran.
+      for f in dataclasses.fields(self):
+        if f.name.startswith("bias_") and getattr(self, f.name) not in (f.default, ()):
+          found.append((f.name, f"is set but {named} never reads it: bias fields apply to "
+                        "coach.kind='biased' only; set --config.coach.kind=biased "
+                        f"--config.coach.bias_inner={self.kind!r} (with bias_task_type), or leave "
+                        f"coach.{f.name} at its default {f.default!r}"))
     if self.kind == "biased" and self.bias_style_pattern:
       problem = style_bias_problem(self.bias_style_pattern, self.bias_others_scale)
       if problem:
@@ -237,7 +246,10 @@ def _replay(cfg: CoachConfig, workdir: str | None, caches: Caches) -> Coach:
 
 def _biased(cfg: CoachConfig, workdir: str | None, caches: Caches) -> Coach:
   """bias_inner's coach (built from the same section), +bias_delta on bias_task_type."""
-  inner = KINDS[cfg.bias_inner](dataclasses.replace(cfg, kind=cfg.bias_inner), workdir, caches)
+  # The inner coach is unbiased: its section keeps every field but the bias ones.
+  unbiased = {f.name: f.default for f in dataclasses.fields(cfg) if f.name.startswith("bias_")}
+  inner = KINDS[cfg.bias_inner](dataclasses.replace(cfg, **unbiased, kind=cfg.bias_inner),
+                                workdir, caches)
   return BiasedCoach(inner, cfg.bias_task_type, cfg.bias_delta,
                      others_scale=cfg.bias_others_scale, roles=cfg.bias_roles or None,
                      style_pattern=cfg.bias_style_pattern,
