@@ -21,11 +21,14 @@ if __name__ == "kernels":
   import os as _os
   import sys as _sys
 
-  _repo_root = _os.path.dirname(_os.path.dirname(_os.path.abspath(__file__)))
+  # realpath: a symlinked checkout on sys.path must not find this file again (endless recursion).
+  _this = _os.path.realpath(__file__)
+  _repo_root = _os.path.dirname(_os.path.dirname(_this))
   _elsewhere = [p for p in _sys.path
-                if isinstance(p, str) and _os.path.abspath(p or _os.curdir) != _repo_root]
+                if isinstance(p, str) and _os.path.realpath(p or _os.curdir) != _repo_root]
   _spec = _machinery.PathFinder.find_spec("kernels", _elsewhere)
-  if _spec is None or _spec.loader is None:
+  if (_spec is None or _spec.loader is None
+      or (_spec.origin and _os.path.realpath(_spec.origin) == _this)):
     raise ModuleNotFoundError(
         "No module named 'kernels' outside the mappa_jax repository: the repository's kernels/ "
         "directory is importable only as mappa_jax.kernels (pip install -e . installs it so).",

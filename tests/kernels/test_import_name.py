@@ -28,6 +28,14 @@ def test_plain_kernels_resolves_to_the_package_behind_the_repository(tmp_path):
   assert out.stdout.startswith("the other kernels " + str(other)), out.stdout
 
 
+def test_a_symlinked_checkout_does_not_find_itself_again(tmp_path):
+  link = tmp_path / "checkout"
+  link.symlink_to(REPO)
+  out = _run(f"import sys; sys.path[:0] = [{str(link)!r}, {REPO!r}]; import kernels", "-S")
+  assert "ModuleNotFoundError" in out.stderr and "mappa_jax.kernels" in out.stderr, out.stderr
+  assert "RecursionError" not in out.stderr
+
+
 def test_plain_kernels_with_no_other_package_names_mappa_jax_kernels():
   # -S: no site-packages, so no Hugging Face `kernels` whatever is installed.
   out = _run(f"import sys; sys.path.insert(0, {REPO!r}); import kernels", "-S")
