@@ -13,27 +13,47 @@ The default (impl='xla') implementations and the impl switches are in mappa_jax/
 # experiments/ configs, benchmarks/), and there this directory would shadow Hugging Face's
 # `kernels` distribution, which transformers>=5.25 requires and imports at start-up (every
 # HF-parity test then failed with "cannot import name 'CUDAProperties' from 'kernels'"). This
-# directory is only ever meant as mappa_jax.kernels; imported as plain `kernels`, it hands the
-# import over to whichever `kernels` the rest of sys.path holds, or says there is none.
-if __name__ == "kernels":
-  import importlib.machinery as _machinery
-  import importlib.util as _util
-  import os as _os
-  import sys as _sys
+# directory is meant as mappa_jax.kernels; imported as plain `kernels`, it hands the import over
+# to the first `kernels` in import order that is not a copy of this file (another checkout on
+# sys.path must not hand back to this one: endless recursion). With none, it stays importable
+# under that name as before: transformers' availability check imports a `kernels` that has no
+# package metadata and expects that to work.
+import importlib.machinery
+import importlib.util
+import sys
 
-  # realpath: a symlinked checkout on sys.path must not find this file again (endless recursion).
-  _this = _os.path.realpath(__file__)
-  _repo_root = _os.path.dirname(_os.path.dirname(_this))
-  _elsewhere = [p for p in _sys.path
-                if isinstance(p, str) and _os.path.realpath(p or _os.curdir) != _repo_root]
-  _spec = _machinery.PathFinder.find_spec("kernels", _elsewhere)
-  if (_spec is None or _spec.loader is None
-      or (_spec.origin and _os.path.realpath(_spec.origin) == _this)):
-    raise ModuleNotFoundError(
-        "No module named 'kernels' outside the mappa_jax repository: the repository's kernels/ "
-        "directory is importable only as mappa_jax.kernels (pip install -e . installs it so).",
-        name="kernels")
-  _module = _util.module_from_spec(_spec)
-  # importlib returns whatever sys.modules holds once this file has run: the other package.
-  _sys.modules["kernels"] = _module
-  _spec.loader.exec_module(_module)
+_MAPPA_JAX_KERNELS = True  # the marker every copy of this file carries
+
+
+def _other_kernels_spec():
+  """The spec of the first `kernels` in import order that is no copy of this file, or None."""
+
+  def is_a_copy_of_this(spec) -> bool:
+    try:
+      with open(spec.origin, encoding="utf-8", errors="replace") as f:
+        return "_MAPPA_JAX_KERNELS = True" in f.read()
+    except (OSError, TypeError):
+      return False
+
+  for finder in sys.meta_path:
+    if finder is importlib.machinery.PathFinder:
+      # One sys.path entry at a time, so a copy of this file can be stepped over.
+      specs = (importlib.machinery.PathFinder.find_spec("kernels", [entry])
+               for entry in sys.path if isinstance(entry, str))
+    elif hasattr(finder, "find_spec"):
+      specs = (finder.find_spec("kernels", None),)
+    else:
+      continue
+    for spec in specs:
+      if spec is not None and spec.loader is not None and not is_a_copy_of_this(spec):
+        return spec
+  return None
+
+
+if __name__ == "kernels":
+  _spec = _other_kernels_spec()
+  if _spec is not None:
+    _module = importlib.util.module_from_spec(_spec)
+    # importlib returns whatever sys.modules holds once this file has run: the other package.
+    sys.modules["kernels"] = _module
+    _spec.loader.exec_module(_module)

@@ -196,6 +196,7 @@ def test_wrong_type_override_names_the_flag():
     (["coach.kind=biased"], "coach.bias_task_type", "bias_task_type=<task type>"),
     (["coach.bias_delta=2.0"], "coach.bias_delta", "--config.coach.kind=biased"),
     (["coach.bias_style_pattern=x="], "coach.bias_style_pattern", "bias_inner='rule'"),
+    (["coach.bias_inner=openai"], "coach.bias_inner", "--config.coach.bias_inner='openai'"),
     (["coach.kind=biased", "coach.bias_task_type=add_sub", "coach.bias_inner=openai"],
      "coach.base_url", "bias_inner='openai'"),
     (["rl.score_recentre=rolling", "coach_bias.enabled=False"], "rl.score_recentre",

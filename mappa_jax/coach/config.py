@@ -147,11 +147,15 @@ class CoachConfig(Section):
     if self.kind != "biased":
       # A bias field is read only by the 'biased' wrapper: set on another kind it would be
       # dropped without a word, and a user would believe a bias experiment ran.
+      defaults = {f.name: f.default for f in dataclasses.fields(self)}
+      inner = self.bias_inner if self.bias_inner != defaults["bias_inner"] else self.kind
       for f in dataclasses.fields(self):
-        if f.name.startswith("bias_") and getattr(self, f.name) not in (f.default, ()):
+        value = getattr(self, f.name)
+        empty = isinstance(value, (list, tuple)) and not value  # bias_roles: () / [] = every role
+        if f.name.startswith("bias_") and value != f.default and not empty:
           found.append((f.name, f"is set but {named} never reads it: bias fields apply to "
                         "coach.kind='biased' only; set --config.coach.kind=biased "
-                        f"--config.coach.bias_inner={self.kind!r} (with bias_task_type), or leave "
+                        f"--config.coach.bias_inner={inner!r} (with bias_task_type), or leave "
                         f"coach.{f.name} at its default {f.default!r}"))
     if self.kind == "biased" and self.bias_style_pattern:
       problem = style_bias_problem(self.bias_style_pattern, self.bias_others_scale)
