@@ -147,16 +147,15 @@ class CoachConfig(Section):
     if self.kind != "biased":
       # A bias field is read only by the 'biased' wrapper: set on another kind it would be
       # dropped without a word, and a user would believe a bias experiment ran.
-      defaults = {f.name: f.default for f in dataclasses.fields(self)}
-      inner = self.bias_inner if self.bias_inner != defaults["bias_inner"] else self.kind
-      for f in dataclasses.fields(self):
-        value = getattr(self, f.name)
+      inner = self.bias_inner if self.bias_inner != BIAS_DEFAULTS["bias_inner"] else self.kind
+      for name, default in BIAS_DEFAULTS.items():
+        value = getattr(self, name)
         empty = isinstance(value, (list, tuple)) and not value  # bias_roles: () / [] = every role
-        if f.name.startswith("bias_") and value != f.default and not empty:
-          found.append((f.name, f"is set but {named} never reads it: bias fields apply to "
+        if value != default and not empty:
+          found.append((name, f"is set but {named} never reads it: bias fields apply to "
                         "coach.kind='biased' only; set --config.coach.kind=biased "
                         f"--config.coach.bias_inner={inner!r} (with bias_task_type), or leave "
-                        f"coach.{f.name} at its default {f.default!r}"))
+                        f"coach.{name} at its default {default!r}"))
     if self.kind == "biased" and self.bias_style_pattern:
       problem = style_bias_problem(self.bias_style_pattern, self.bias_others_scale)
       if problem:
@@ -193,6 +192,11 @@ class CoachConfig(Section):
     return rq.RenderLimits(self.tool_observation_head_chars, self.tool_observation_tail_chars,
                            self.input_head_chars, self.input_tail_chars,
                            self.output_head_chars, self.output_tail_chars)
+
+
+# The fields only coach.kind='biased' reads, with their defaults (= no bias).
+BIAS_DEFAULTS = {f.name: f.default for f in dataclasses.fields(CoachConfig)
+                 if f.name.startswith("bias_")}
 
 
 # ------------------------------------------------------------------------------- builders
@@ -251,8 +255,7 @@ def _replay(cfg: CoachConfig, workdir: str | None, caches: Caches) -> Coach:
 def _biased(cfg: CoachConfig, workdir: str | None, caches: Caches) -> Coach:
   """bias_inner's coach (built from the same section), +bias_delta on bias_task_type."""
   # The inner coach is unbiased: its section keeps every field but the bias ones.
-  unbiased = {f.name: f.default for f in dataclasses.fields(cfg) if f.name.startswith("bias_")}
-  inner = KINDS[cfg.bias_inner](dataclasses.replace(cfg, **unbiased, kind=cfg.bias_inner),
+  inner = KINDS[cfg.bias_inner](dataclasses.replace(cfg, **BIAS_DEFAULTS, kind=cfg.bias_inner),
                                 workdir, caches)
   return BiasedCoach(inner, cfg.bias_task_type, cfg.bias_delta,
                      others_scale=cfg.bias_others_scale, roles=cfg.bias_roles or None,
